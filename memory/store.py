@@ -1,0 +1,527 @@
+"""The vector store (the only importer of chromadb).
+
+Contract: ``similarity`` is cosine similarity in [0, 1] (the collection is created with the
+cosine metric; 1 - distance, clipped), higher is better. Each collection records the embedder id
+and dimension; opening it with another embedder re-embeds every memory instead of mixing
+vectors.
+
+Per user: ``users/<user>/memory/`` holds that user's facts, preferences and episodes, so one
+user's memories cannot be recalled for another. Pack knowledge is shared, in
+``$ASSISTANT_HOME/knowledge/``.
+
+Forgetting rebuilds the store without the forgotten rows in a new folder and swaps it in by
+rename: chromadb keeps deleted documents in its SQLite log and free pages, and a rebuild is the
+one way through its public API to leave no trace. A crash mid-way leaves the old or the new
+folder, never half (see ``_recover``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from assistant import paths
+from assistant.errors import MemoryStoreError
+
+SCHEMA_VERSION = 1
+COLLECTION = "memories"
+KINDS = ("fact", "preference", "episode", "knowledge")
+_KIND_WEIGHT = {"fact": 0.05, "preference": 0.05, "episode": -0.08, "knowledge": 0.0}
+_EPISODE_QUERY = re.compile(r"\b(talk(ed)? about|discuss(ed)?|last time|earlier|before|previous(ly)?|remember when)\b", re.I)
+
+
+@dataclass
+class Memory:
+    id: str
+    text: str
+    kind: str
+    user: str = ""
+    pack: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+    source_turn: str = ""
+    superseded_by: str = ""
+    attribute: str = ""
+    citation: str = ""
+    doc_hash: str = ""
+    similarity: float | None = field(default=None, compare=False)
+
+    def metadata(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("id", "text", "similarity"):
+            data.pop(key)
+        return data
+
+
+def _from_row(mid: str, doc: str, meta: dict[str, Any], distance: float | None = None) -> Memory:
+    known = {k: meta[k] for k in Memory.__dataclass_fields__ if k in meta and k not in ("id", "text", "similarity")}
+    sim = None if distance is None else max(0.0, min(1.0, 1.0 - float(distance)))
+    return Memory(id=mid, text=doc, similarity=sim, **known)
+
+
+def _stop_client(path: Path) -> None:
+    """Release chromadb's cached system for ``path`` (and its open files)."""
+    from chromadb.api.client import SharedSystemClient
+
+    registry = getattr(SharedSystemClient, "_identifier_to_system", {})
+    for key in [k for k in registry if str(path) in str(k)]:
+        system = registry.pop(key)
+        try:
+            system.stop()
+        except Exception:
+            pass
+
+
+def _client(path: Path):
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(
+        path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    )
+
+
+class VectorCollection:
+    """A chromadb collection with our contract (cosine, embedder recorded, re-embed on change)."""
+
+    def __init__(self, root: Path, embedder: Any) -> None:
+        self.root = root
+        self.embedder = embedder
+        self._lock = threading.RLock()
+        _recover(root)
+        try:
+            self._client = _client(root)
+            self._col = self._open()
+        except MemoryStoreError:
+            raise
+        except Exception as exc:
+            raise MemoryStoreError(
+                f"the memory store in {root} cannot be opened ({type(exc).__name__}: {exc}). "
+                "Move the folder aside to start an empty one, or restore it from `assistant memory export`."
+            ) from exc
+
+    def _meta(self) -> dict[str, Any]:
+        return {"hnsw:space": "cosine", "embedder": self.embedder.id, "dim": self.embedder.dim, "schema": SCHEMA_VERSION}
+
+    def _open(self):
+        col = self._client.get_or_create_collection(COLLECTION, metadata=self._meta(), embedding_function=None)
+        meta = col.metadata or {}
+        if meta.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise MemoryStoreError(f"{self.root} was written by a newer version; upgrade this program")
+        if meta.get("embedder") != self.embedder.id or meta.get("dim") != self.embedder.dim:
+            col = self._reembed(col)
+        return col
+
+    def _reembed(self, old):
+        rows = old.get(include=["documents", "metadatas"])
+        self._client.delete_collection(COLLECTION)
+        col = self._client.create_collection(COLLECTION, metadata=self._meta(), embedding_function=None)
+        ids, docs, metas = rows["ids"], rows["documents"], rows["metadatas"]
+        for i in range(0, len(ids), 512):
+            chunk = docs[i : i + 512]
+            col.add(ids=ids[i : i + 512], documents=chunk, metadatas=metas[i : i + 512], embeddings=self.embedder.embed(chunk))
+        return col
+
+    def count(self) -> int:
+        with self._lock:
+            return self._col.count()
+
+    def add(self, memories: Sequence[Memory], embeddings: Sequence[Sequence[float]] | None = None) -> None:
+        if not memories:
+            return
+        with self._lock:
+            vectors = embeddings if embeddings is not None else self.embedder.embed([m.text for m in memories])
+            for i in range(0, len(memories), 1000):
+                part = memories[i : i + 1000]
+                self._col.upsert(
+                    ids=[m.id for m in part], documents=[m.text for m in part],
+                    metadatas=[m.metadata() for m in part], embeddings=list(vectors[i : i + 1000]),
+                )
+
+    def update_meta(self, memories: Sequence[Memory]) -> None:
+        with self._lock:
+            self._col.update(ids=[m.id for m in memories], metadatas=[m.metadata() for m in memories])
+
+    def get(self, ids: Sequence[str] | None = None, where: dict[str, Any] | None = None) -> list[Memory]:
+        with self._lock:
+            rows = self._col.get(ids=list(ids) if ids is not None else None, where=where, include=["documents", "metadatas"])
+        return [_from_row(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"])]
+
+    def query(self, text: str, n: int, where: dict[str, Any] | None = None) -> list[Memory]:
+        with self._lock:
+            total = self._col.count()
+            if total == 0:
+                return []
+            rows = self._col.query(
+                query_embeddings=self.embedder.embed([text]), n_results=min(n, total), where=where,
+                include=["documents", "metadatas", "distances"],
+            )
+        return [
+            _from_row(i, d, m, dist)
+            for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0])
+        ]
+
+    def rebuild_without(self, drop: set[str]) -> None:
+        """Rewrite the store without ``drop`` into a new folder, then swap it in by rename."""
+        with self._lock:
+            rows = self._col.get(include=["documents", "metadatas", "embeddings"])
+            keep = [i for i, mid in enumerate(rows["ids"]) if mid not in drop]
+            new_root = self.root.with_name(self.root.name + ".new")
+            old_root = self.root.with_name(self.root.name + ".old")
+            shutil.rmtree(new_root, ignore_errors=True)
+            client = _client(new_root)
+            col = client.create_collection(COLLECTION, metadata=self._meta(), embedding_function=None)
+            for s in range(0, len(keep), 1000):
+                idx = keep[s : s + 1000]
+                col.add(
+                    ids=[rows["ids"][i] for i in idx], documents=[rows["documents"][i] for i in idx],
+                    metadatas=[rows["metadatas"][i] for i in idx], embeddings=[list(rows["embeddings"][i]) for i in idx],
+                )
+            del col, client
+            _stop_client(new_root)
+            (new_root / ".complete").write_text("1")
+            self._col = None
+            self._client = None
+            _stop_client(self.root)
+            os.replace(self.root, old_root)  # from here on, _recover finishes the swap
+            os.replace(new_root, self.root)
+            (self.root / ".complete").unlink(missing_ok=True)
+            shutil.rmtree(old_root, ignore_errors=True)
+            self._client = _client(self.root)
+            self._col = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            self._col = None
+            self._client = None
+            _stop_client(self.root)
+
+
+def _recover(root: Path) -> None:
+    """Finish or undo a swap that a crash interrupted."""
+    new_root = root.with_name(root.name + ".new")
+    old_root = root.with_name(root.name + ".old")
+    if new_root.exists():
+        if not root.exists() and (new_root / ".complete").exists():
+            os.replace(new_root, root)
+            (root / ".complete").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(new_root, ignore_errors=True)
+    if old_root.exists():
+        if root.exists():
+            shutil.rmtree(old_root, ignore_errors=True)
+        else:
+            os.replace(old_root, root)
+
+
+class MemoryStore:
+    """One user's memories (facts, preferences, episodes) plus shared pack knowledge for recall."""
+
+    def __init__(self, user: str, settings: Any, root: Path | None = None, embedder: Any | None = None) -> None:
+        from memory import embedder as embedder_mod
+
+        self.user = user
+        self.settings = settings
+        self.embedder = embedder or embedder_mod.get(settings.embedder)
+        self.root = root or paths.memory_dir(user)
+        self.col = VectorCollection(self.root, self.embedder)
+        self._knowledge: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.col.close()
+
+    # ------------------------------------------------------------------ writing
+    def add(
+        self, text: str, kind: str = "fact", *, pack: str = "", source_turn: str = "", attribute: str = "",
+        citation: str = "", supersede: bool = True,
+    ) -> Memory:
+        text = _clean(text)
+        if kind not in KINDS or kind == "knowledge":
+            raise MemoryStoreError(f"unknown memory kind {kind!r}: use fact, preference or episode")
+        now = time.time()
+        memory = Memory(
+            id="m" + uuid.uuid4().hex[:11], text=text, kind=kind, user=self.user, pack=pack, created=now,
+            updated=now, source_turn=source_turn, attribute=attribute, citation=citation,
+        )
+        self.col.add([memory])
+        if supersede and attribute:
+            older = [
+                m for m in self.col.get(where={"$and": [{"attribute": attribute}, {"superseded_by": ""}]})
+                if m.id != memory.id
+            ]
+            for m in older:
+                m.superseded_by = memory.id
+                m.updated = now
+            if older:
+                self.col.update_meta(older)
+        return memory
+
+    def edit(self, memory_id: str, text: str) -> Memory:
+        found = self.col.get(ids=[memory_id])
+        if not found:
+            raise MemoryStoreError(f"no memory {memory_id!r} for user {self.user!r} (see `assistant memory list`)")
+        memory = found[0]
+        memory.text = _clean(text)
+        memory.updated = time.time()
+        self.col.add([memory])
+        self.col.rebuild_without(set())  # the old text must not linger on disk
+        return memory
+
+    def forget(self, ids: Iterable[str]) -> int:
+        ids = set(ids)
+        existing = {m.id for m in self.col.get(ids=list(ids))} if ids else set()
+        missing = ids - existing
+        if missing:
+            raise MemoryStoreError(f"no memory {sorted(missing)[0]!r} for user {self.user!r} (see `assistant memory list`)")
+        # Memories that were superseded by a forgotten one become live again only if the
+        # forgotten one was a plain update; forgetting is about text, so we simply unlink.
+        dependants = [m for m in self.col.get(where={"superseded_by": {"$in": sorted(ids)}})] if ids else []
+        for m in dependants:
+            m.superseded_by = ""
+        if dependants:
+            self.col.update_meta(dependants)
+        self.col.rebuild_without(ids)
+        return len(ids)
+
+    def forget_matching(self, query: str, min_similarity: float = 0.5) -> list[Memory]:
+        hits = [m for m in self.search(query, k=50, include_superseded=True) if (m.similarity or 0) >= min_similarity]
+        hits += [m for m in self.list(include_superseded=True) if query.lower() in m.text.lower() and m not in hits]
+        if hits:
+            self.forget([m.id for m in hits])
+        return hits
+
+    def forget_all(self) -> int:
+        everything = {m.id for m in self.col.get()}
+        self.col.rebuild_without(everything)
+        return len(everything)
+
+    # ------------------------------------------------------------------ reading
+    def get(self, memory_id: str) -> Memory | None:
+        found = self.col.get(ids=[memory_id])
+        return found[0] if found else None
+
+    def list(self, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> list[Memory]:
+        clauses: list[dict[str, Any]] = []
+        if kinds:
+            clauses.append({"kind": {"$in": list(kinds)}})
+        if not include_superseded:
+            clauses.append({"superseded_by": ""})
+        where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        return sorted(self.col.get(where=where), key=lambda m: m.created)
+
+    def search(self, query: str, k: int = 10, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> list[Memory]:
+        clauses: list[dict[str, Any]] = []
+        if kinds:
+            clauses.append({"kind": {"$in": list(kinds)}})
+        if not include_superseded:
+            clauses.append({"superseded_by": ""})
+        where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        return self.col.query(query, k, where)
+
+    def recall(
+        self, query: str, pack: str | None = None, *, k: int = 6, min_similarity: float = 0.35,
+        budget_tokens: int = 200, count_tokens: Callable[[str], int] | None = None,
+    ) -> list[Memory]:
+        """Ranked memories for ``query``: similarity + recency + kind, thresholded, deduped, in budget."""
+        now = time.time()
+        kinds = ["fact", "preference"] + (["episode"] if _EPISODE_QUERY.search(query) else [])
+        candidates = self.search(query, k=k * 3, kinds=kinds)
+        if pack:
+            candidates += self.knowledge(pack).query(query, k * 2)
+        scored = []
+        for m in candidates:
+            sim = m.similarity or 0.0
+            threshold = min_similarity + (0.1 if m.kind == "knowledge" else 0.0)
+            if sim < threshold:
+                continue
+            age_days = max(0.0, now - (m.updated or m.created)) / 86400
+            score = sim + _KIND_WEIGHT[m.kind] + 0.05 * math.exp(-age_days / 30)
+            scored.append((score, m))
+        scored.sort(key=lambda pair: -pair[0])
+        chosen: list[Memory] = []
+        seen: set[str] = set()
+        used = 0
+        count = count_tokens or (lambda t: len(t.split()) * 4 // 3 + 1)
+        for _, m in scored:
+            key = re.sub(r"\W+", " ", m.text.lower()).strip()
+            if key in seen:
+                continue
+            cost = count(m.text) + 6
+            if used + cost > budget_tokens:
+                continue
+            seen.add(key)
+            used += cost
+            chosen.append(m)
+            if len(chosen) >= k:
+                break
+        return chosen
+
+    def recall_for_prompt(self, text: str, pack: str, count_tokens: Callable[[str], int], settings: Any) -> list[Any]:
+        from assistant.prompt import Recalled
+
+        memories = self.recall(
+            text, pack, k=settings.recall_k, min_similarity=settings.min_similarity,
+            budget_tokens=settings.budget_tokens, count_tokens=count_tokens,
+        )
+        return [Recalled(f"m{i}", m.id, m.kind, m.text, m.citation) for i, m in enumerate(memories, 1)]
+
+    # ------------------------------------------------------------------ learning from chat
+    def learn_from_message(self, text: str, pack: str, turn_id: str = "", hints: Sequence[str] = ()) -> list[Memory]:
+        """Extract facts and preferences from a user message and store them (superseding old ones)."""
+        from memory.extract import extract
+
+        added: list[Memory] = []
+        for item in extract(text, hints):
+            if item.op == "negate" and item.attribute:
+                # "I no longer eat meat": the negation supersedes what it denies.
+                pass
+            added.append(
+                self.add(item.text, item.kind, pack=pack, source_turn=turn_id, attribute=item.attribute)
+            )
+        return added
+
+    # ------------------------------------------------------------------ knowledge
+    def knowledge(self, pack: str) -> "KnowledgeBase":
+        if pack not in self._knowledge:
+            self._knowledge[pack] = KnowledgeBase.open(pack, self.embedder)
+        return self._knowledge[pack]
+
+    # ------------------------------------------------------------------ export / import
+    def export(self) -> dict[str, Any]:
+        memories = self.list(include_superseded=True)
+        return {
+            "schema": SCHEMA_VERSION, "user": self.user, "embedder": self.embedder.id,
+            "memories": [{k: v for k, v in asdict(m).items() if k != "similarity"} for m in memories],
+        }
+
+    def import_(self, data: dict[str, Any]) -> int:
+        if not isinstance(data, dict) or not isinstance(data.get("memories"), list):
+            raise MemoryStoreError("not a memory export: expected an object with a `memories` list")
+        memories = []
+        for n, row in enumerate(data["memories"]):
+            try:
+                m = Memory(**{k: v for k, v in row.items() if k in Memory.__dataclass_fields__ and k != "similarity"})
+            except TypeError as exc:
+                raise MemoryStoreError(f"memories[{n}]: {exc}") from exc
+            if m.kind not in KINDS or m.kind == "knowledge" or not isinstance(m.text, str) or not m.text.strip():
+                raise MemoryStoreError(f"memories[{n}]: bad kind or empty text")
+            m.user = self.user
+            memories.append(m)
+        self.col.add(memories)
+        return len(memories)
+
+
+class KnowledgeBase:
+    """A pack's knowledge documents, chunked by heading, shared by every user of the machine."""
+
+    _open: dict[str, "KnowledgeBase"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, pack_id: str, embedder: Any) -> None:
+        self.pack_id = pack_id
+        self.col = VectorCollection(paths.home() / "knowledge" / pack_id, embedder)
+
+    @classmethod
+    def open(cls, pack_id: str, embedder: Any) -> "KnowledgeBase":
+        from assistant import packs
+
+        key = f"{paths.home()}|{pack_id}"
+        with cls._lock:
+            if key not in cls._open:
+                kb = cls(pack_id, embedder)
+                try:
+                    kb.sync(packs.discover().get(pack_id).knowledge_files())
+                except Exception:
+                    kb.close()
+                    raise
+                cls._open[key] = kb
+            return cls._open[key]
+
+    def close(self) -> None:
+        self.col.close()
+
+    def sync(self, files: Sequence[Path]) -> tuple[int, int]:
+        """Ingest new or changed documents (by content hash); drop removed ones. Never duplicates."""
+        import hashlib
+
+        present = {m.id: m for m in self.col.get()}
+        by_file: dict[str, str] = {}
+        for m in present.values():
+            by_file.setdefault(m.citation.split(" > ")[0], m.doc_hash)
+        wanted: list[Memory] = []
+        stale: set[str] = set()
+        names = set()
+        for path in files:
+            body = path.read_text(encoding="utf-8")
+            digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+            names.add(path.name)
+            if by_file.get(path.name) == digest:
+                continue
+            stale |= {mid for mid, m in present.items() if m.citation.split(" > ")[0] == path.name}
+            for i, (heading, chunk) in enumerate(chunk_markdown(body)):
+                wanted.append(Memory(
+                    id=f"k-{self.pack_id}-{path.stem}-{i}", text=chunk, kind="knowledge", pack=self.pack_id,
+                    created=time.time(), updated=time.time(), citation=f"{path.name} > {heading}", doc_hash=digest,
+                ))
+        stale |= {mid for mid, m in present.items() if m.citation.split(" > ")[0] not in names}
+        stale -= {m.id for m in wanted}
+        if stale:
+            self.col.rebuild_without(stale)
+        self.col.add(wanted)
+        return len(wanted), len(stale)
+
+    def query(self, text: str, n: int) -> list[Memory]:
+        return self.col.query(text, n)
+
+
+def chunk_markdown(body: str, max_words: int = 120) -> list[tuple[str, str]]:
+    """(heading, text) chunks: one per '## ' section, long sections split by paragraph."""
+    title = ""
+    sections: list[tuple[str, list[str]]] = []
+    for line in body.splitlines():
+        if line.startswith("# ") and not title:
+            title = line[2:].strip()
+        elif line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+        elif line.strip():
+            if not sections:
+                sections.append((title or "Overview", []))
+            sections[-1][1].append(line.strip())
+    chunks: list[tuple[str, str]] = []
+    for heading, lines in sections:
+        words: list[str] = []
+        for line in lines:
+            words += line.split()
+            if len(words) >= max_words:
+                chunks.append((heading, f"{title}: {' '.join(words)}" if title else " ".join(words)))
+                words = []
+        if words:
+            chunks.append((heading, f"{title}: {' '.join(words)}" if title else " ".join(words)))
+    return chunks
+
+
+def _clean(text: str) -> str:
+    text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", text or "").strip()
+    if not text:
+        raise MemoryStoreError("a memory needs some text")
+    if len(text) > 2000:
+        raise MemoryStoreError(f"a memory is at most 2000 characters (this one has {len(text)}); shorten it")
+    return text
+
+
+def open_store(user: str, settings: Any) -> MemoryStore:
+    return MemoryStore(user, settings)
+
+
+def export_json(store: MemoryStore) -> str:
+    return json.dumps(store.export(), indent=2, ensure_ascii=False)

@@ -1,0 +1,181 @@
+"""The adapter store: versioned LoRA adapters per (user, pack), published atomically.
+
+    users/<user>/adapters/<pack>/
+      v0001/ v0002/ ...   peft's own files (adapter_config.json, adapter_model.safetensors)
+                          plus meta.json (base model, versions, step, data hash, gate result)
+      CURRENT             the live version's name, replaced by an atomic rename
+
+A version folder is complete before it gets its final name, and CURRENT only ever names a
+complete folder, so a crash at any moment leaves the old or the new state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from assistant import paths
+from assistant.errors import AdapterError
+
+CURRENT = "CURRENT"
+META = "meta.json"
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AdapterStore:
+    def __init__(self, user: str, pack: str, root: Path | None = None) -> None:
+        self.user, self.pack = user, pack
+        self.root = root or paths.adapters_dir(user, pack)
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def current(self) -> str | None:
+        path = self.root / CURRENT
+        try:
+            name = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not name:
+            return None
+        if not (self.root / name / WEIGHTS).is_file():
+            raise AdapterError(
+                f"{path} names {name!r}, which is missing. Run `assistant adapters rollback --user {self.user} "
+                f"--pack {self.pack}` to pick a version, or delete {path} to use the base model."
+            )
+        return name
+
+    def meta(self, version: str) -> dict[str, Any]:
+        path = self.root / version / META
+        if not path.is_file():
+            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack}")
+        return json.loads(path.read_text())
+
+    def path(self, version: str) -> Path:
+        return self.root / version
+
+    def staging_dir(self) -> Path:
+        """A fresh temporary folder on the same file system, to write a candidate into."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".staging-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        return tmp
+
+    def clean_staging(self) -> None:
+        for p in self.root.glob(".staging-*") if self.root.is_dir() else []:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def publish(self, staged: Path, meta: dict[str, Any], make_current: bool = True) -> str:
+        """Give ``staged`` the next version name, then (optionally) point CURRENT at it."""
+        existing = self.versions()
+        number = int(existing[-1][1:]) + 1 if existing else 1
+        version = f"v{number:04d}"
+        meta = dict(meta, version=version)
+        (staged / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for f in staged.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(staged, self.root / version)
+        _fsync_dir(self.root)
+        if make_current:
+            self.set_current(version)
+        return version
+
+    def set_current(self, version: str | None) -> None:
+        if version is not None and not (self.root / version / WEIGHTS).is_file():
+            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{CURRENT}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(version or "")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+
+    def rollback(self, version: str | None = None) -> str | None:
+        """Go back to ``version``, or to the version before the current one (None: base model)."""
+        if version is None:
+            cur = self.current()
+            older = [v for v in self.versions() if cur is None or int(v[1:]) < int(cur[1:])]
+            version = older[-1] if older else None
+        self.set_current(version)
+        return version
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the last ``keep`` versions, the best one and the current one."""
+        versions = self.versions()
+        cur = self.current()
+        best = self.best()
+        keep_set = set(versions[-keep:] if keep > 0 else []) | {v for v in (cur, best) if v}
+        removed = [v for v in versions if v not in keep_set]
+        for v in removed:
+            shutil.rmtree(self.root / v, ignore_errors=True)
+        return removed
+
+    def best(self) -> str | None:
+        """The version with the lowest held-out loss the gate measured."""
+        scored = []
+        for v in self.versions():
+            try:
+                loss = self.meta(v).get("gate", {}).get("candidate", {}).get("user_loss")
+            except (AdapterError, ValueError):
+                continue
+            if isinstance(loss, (int, float)):
+                scored.append((loss, v))
+        return min(scored)[1] if scored else None
+
+    def deltas(self, version: str, model: Any) -> dict[str, Any]:
+        """The weight deltas (B @ A * alpha / r) of a version, keyed by the base parameter name."""
+        return lora_deltas(self.root / version, {n for n, _ in model.named_parameters()})
+
+
+def lora_deltas(folder: Path, param_names: set[str]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        tensors = load_file(str(folder / WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"cannot read the adapter in {folder}: {exc}") from exc
+    rank = int(config.get("r", 8))
+    alpha = float(config.get("lora_alpha", rank))
+    scale = alpha / rank
+    out: dict[str, Any] = {}
+    for key, a in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        module = key.split(".lora_A.")[0]
+        for prefix in ("base_model.model.", ""):
+            if module.startswith(prefix):
+                name = module[len(prefix):] + ".weight"
+                if name in param_names:
+                    out[name] = (b.float() @ a.float()) * scale
+                    break
+        else:  # pragma: no cover - guarded by the for/else above
+            pass
+        if module.replace("base_model.model.", "") + ".weight" not in param_names:
+            raise AdapterError(f"the adapter in {folder} does not fit this model ({module})")
+    return out
