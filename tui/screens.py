@@ -1,0 +1,260 @@
+"""Modal screens: help, pack picker, correction editor, memory browser, conversations."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from rich.markup import escape
+from textual import on, work
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,f1", "dismiss", "close")]
+
+    def __init__(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def compose(self):
+        with Vertical(id="help", classes="dialog"):
+            yield Label("[b]Keys[/b]  (remap in config: [tui.keys] action = \"key\")")
+            lines = [f"[b]{escape(key):>14}[/]  {escape(desc)}  [dim]{escape(action)}[/]" for action, key, desc in self.rows]
+            yield Static("\n".join(lines), id="help-text")
+            yield Label("[dim]Esc closes[/]")
+
+
+class PackScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss(None)", "close")]
+
+    def __init__(self, packs: dict[str, Any], current: str) -> None:
+        super().__init__()
+        self.packs, self.current = packs, current
+
+    def compose(self):
+        with Vertical(classes="dialog"):
+            yield Label("[b]Choose a pack[/b]")
+            options = [Option(f"{'● ' if pid == self.current else '  '}{p.name} [dim]({pid})[/] — {escape(p.description[:60])}", id=pid)
+                       for pid, p in sorted(self.packs.items())]
+            yield OptionList(*options, id="packs")
+
+    @on(OptionList.OptionSelected)
+    def chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+
+class EditScreen(ModalScreen[str | None]):
+    """A TextArea prefilled with ``text``; ctrl+s saves, esc cancels."""
+
+    BINDINGS = [Binding("ctrl+s", "save", "save", priority=True), Binding("escape", "dismiss(None)", "cancel")]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.title_text, self.text = title, text
+
+    def compose(self):
+        with Vertical(classes="dialog", id="edit"):
+            yield Label(f"[b]{escape(self.title_text)}[/b]  [dim]ctrl+s saves, esc cancels[/]")
+            yield TextArea(self.text, id="editor", soft_wrap=True)
+            with Horizontal(classes="buttons"):
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one(TextArea).focus()
+
+    def action_save(self) -> None:
+        text = self.query_one(TextArea).text.strip()
+        self.dismiss(text or None)
+
+    @on(Button.Pressed, "#save")
+    def _save(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+
+class AskScreen(ModalScreen[str | None]):
+    """One line of text (a conversation title)."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "cancel")]
+
+    def __init__(self, question: str, value: str = "") -> None:
+        super().__init__()
+        self.question, self.value = question, value
+
+    def compose(self):
+        with Vertical(classes="dialog small"):
+            yield Label(self.question)
+            yield Input(self.value, id="answer")
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
+class MemoryScreen(ModalScreen[None]):
+    """List and search memories; edit or forget the highlighted one."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss", "close"),
+        Binding("ctrl+e", "edit", "edit", priority=True),
+        Binding("delete,ctrl+d", "forget", "forget", priority=True),
+    ]
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.items: list[Any] = []
+
+    def compose(self):
+        with Vertical(classes="dialog", id="memory-browser"):
+            yield Label("[b]Memories[/b]  [dim]type to search · enter/ctrl+e edit · del/ctrl+d forget · esc close[/]")
+            if self.store is None:
+                yield Static("Memory is switched off (memory.enabled = false).", id="memory-off")
+            yield Input(placeholder="search memories…", id="memory-search")
+            yield OptionList(id="memory-list")
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    @on(Input.Changed, "#memory-search")
+    def _search(self) -> None:
+        self.reload()
+
+    @on(Input.Submitted, "#memory-search")
+    def _to_list(self) -> None:
+        self.query_one(OptionList).focus()
+
+    @work(thread=True, exclusive=True, group="memory")
+    def reload(self) -> None:
+        if self.store is None:
+            return
+        query = self.query_one("#memory-search", Input).value.strip()
+        try:
+            items = self.store.search(query, k=50) if query else self.store.list()
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self.app.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.app.call_from_thread(self._show, items)
+
+    def _show(self, items: list[Any]) -> None:
+        self.items = items
+        options = self.query_one(OptionList)
+        options.clear_options()
+        options.add_options([Option(f"[b]{m.id}[/] [i]{m.kind}[/]: {escape(m.text)}", id=m.id) for m in items]
+                            or [Option("[dim]no memories[/]", disabled=True)])
+        if items:
+            options.highlighted = 0
+
+    def _current(self) -> Any:
+        index = self.query_one(OptionList).highlighted
+        return self.items[index] if index is not None and 0 <= index < len(self.items) else None
+
+    @on(OptionList.OptionSelected)
+    def _selected(self) -> None:
+        self.action_edit()
+
+    def action_edit(self) -> None:
+        memory = self._current()
+        if memory is None:
+            return
+
+        def save(text: str | None) -> None:
+            if text and text != memory.text:
+                self._apply(lambda: self.store.edit(memory.id, text), "memory updated")
+
+        self.app.push_screen(EditScreen(f"Edit memory {memory.id}", memory.text), save)
+
+    def action_forget(self) -> None:
+        memory = self._current()
+        if memory is not None:
+            self._apply(lambda: self.store.forget([memory.id]), f"forgot {memory.id}")
+
+    def _apply(self, change: Any, done: str) -> None:
+        try:
+            change()
+        except Exception as exc:  # noqa: BLE001
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(done)
+        self.reload()
+
+
+class ConversationsScreen(ModalScreen[str | None]):
+    """Past conversations: enter resumes, ctrl+r renames, del/ctrl+d deletes."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "close"),
+        Binding("ctrl+r", "rename", "rename", priority=True),
+        Binding("delete,ctrl+d", "delete", "delete", priority=True),
+    ]
+
+    def __init__(self, journal: Any, current: str) -> None:
+        super().__init__()
+        self.journal, self.current = journal, current
+        self.items: list[Any] = []
+
+    def compose(self):
+        with Vertical(classes="dialog", id="conversations"):
+            yield Label("[b]Conversations[/b]  [dim]enter resume · ctrl+r rename · del/ctrl+d delete · esc close[/]")
+            yield OptionList(id="conversation-list")
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        items = []
+        for conv in self.journal.conversations():
+            turns = self.journal.turns(conversation_id=conv.id)
+            if not turns and conv.id != self.current:
+                continue  # empty conversations left behind by "new chat"
+            title = conv.title or (turns[0].message[:50] if turns else "(new conversation)")
+            items.append((conv, title, len(turns)))
+        self.items = [c for c, _, _ in items]
+        options = self.query_one(OptionList)
+        options.clear_options()
+        for conv, title, n in items:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(conv.updated))
+            mark = "● " if conv.id == self.current else "  "
+            options.add_option(Option(f"{mark}{escape(title)} [dim]{conv.pack} · {n} turns · {when}[/]", id=conv.id))
+        if items:
+            options.highlighted = 0
+        options.focus()
+
+    def _current(self) -> Any:
+        index = self.query_one(OptionList).highlighted
+        return self.items[index] if index is not None and 0 <= index < len(self.items) else None
+
+    @on(OptionList.OptionSelected)
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_rename(self) -> None:
+        conv = self._current()
+        if conv is None:
+            return
+
+        def done(title: str | None) -> None:
+            if title:
+                self.journal.rename_conversation(conv.id, title)
+                self.reload()
+
+        self.app.push_screen(AskScreen("New title:", conv.title), done)
+
+    def action_delete(self) -> None:
+        conv = self._current()
+        if conv is not None:
+            self.journal.delete_conversation(conv.id)
+            self.notify("conversation deleted")
+            if conv.id == self.current:
+                self.app.conversation_deleted()
+                self.current = self.app.chat.conversation_id
+            self.reload()
