@@ -121,13 +121,16 @@ class Assistant:
         )
 
     def params(self, pack: packs_mod.Pack, **overrides: Any) -> GenParams:
-        """Generation parameters: settings, then the pack's defaults, then explicit overrides."""
-        g = self.settings.generation
-        values: dict[str, Any] = {
-            "temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens, "seed": g.seed,
-            "repetition_penalty": g.repetition_penalty,
-        }
+        """Generation parameters: built-in defaults < the pack's defaults < what the user set in
+        config or environment < explicit overrides (flags, API fields)."""
+        from assistant.settings import GenerationSettings
+
+        defaults = GenerationSettings()
+        names = ("temperature", "top_p", "max_new_tokens", "seed", "repetition_penalty")
+        values: dict[str, Any] = {k: getattr(defaults, k) for k in names}
         values.update({k: v for k, v in pack.generation.items() if k in values})
+        g = self.settings.generation
+        values.update({k: getattr(g, k) for k in names if getattr(g, k) != getattr(defaults, k)})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return GenParams(**values)
 
@@ -248,6 +251,10 @@ class Chat:
         self.history.append((sent, model_text))
         if store is not None:
             store.learn_from_message(text, pack=self.pack.id, turn_id=turn.id, hints=self.pack.extraction_hints)
+            # An episode, for "what did we talk about?" (recalled only for such questions).
+            day = time.strftime("%Y-%m-%d", time.localtime(turn.created))
+            store.add(f"On {day} (in {self.pack.name}) you wrote: {text[:300]}", "episode", pack=self.pack.id,
+                      source_turn=turn.id, supersede=False)
         self.assistant.notify_turn(self.user, self.pack.id)
 
     def _max_turns(self) -> int:

@@ -146,3 +146,11 @@ def test_extraction_meets_precision_and_recall_targets():
         assert result["messages"] >= 120
         assert result["precision"] >= 0.9, result
         assert result["recall"] >= 0.8, result
+
+
+def test_episodes_are_recalled_for_what_did_we_talk_about(store):
+    store.add("On 2026-11-20 (in Chef) you wrote: how do I make sourdough bread?", "episode", supersede=False)
+    store.add("I am vegetarian.", "preference")
+    assert not any(m.kind == "episode" for m in store.recall("Give me a bread recipe"))
+    recalled = store.recall("What did we talk about last time?", min_similarity=0.1)
+    assert any(m.kind == "episode" and "sourdough" in m.text for m in recalled)

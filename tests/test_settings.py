@@ -52,3 +52,15 @@ def test_round_trip_to_toml(home):
     s = settings_mod.load(env={})
     (home / "config.toml").write_text(settings_mod.to_toml(s))
     assert settings_mod.load(env={}) == s
+
+
+def test_generation_precedence_defaults_pack_user_flags(home):
+    from assistant.core import Assistant
+
+    (home / "config.toml").write_text("[generation]\ntemperature = 0\n")
+    assistant = Assistant(settings_mod.load(env={}))
+    chef = assistant.pack("chef")
+    params = assistant.params(chef)
+    assert params.temperature == 0  # the user's config beats the pack's default
+    assert params.max_new_tokens == chef.generation["max_new_tokens"]  # the pack beats the built-in default
+    assert assistant.params(chef, temperature=0.9).temperature == 0.9  # a flag beats everything
