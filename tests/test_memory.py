@@ -154,3 +154,32 @@ def test_episodes_are_recalled_for_what_did_we_talk_about(store):
     assert not any(m.kind == "episode" for m in store.recall("Give me a bread recipe"))
     recalled = store.recall("What did we talk about last time?", min_similarity=0.1)
     assert any(m.kind == "episode" and "sourdough" in m.text for m in recalled)
+
+
+class _OtherEmbedder:
+    """A stand-in for a different embedding model (another id and dimension)."""
+
+    id = "test/bag-of-letters"
+    dim = 26
+
+    def embed(self, texts):
+        import math
+
+        out = []
+        for t in texts:
+            v = [t.lower().count(chr(97 + i)) + 0.01 for i in range(26)]
+            n = math.sqrt(sum(x * x for x in v))
+            out.append([x / n for x in v])
+        return out
+
+
+def test_changing_the_embedder_re_embeds_instead_of_mixing(home):
+    first = MemoryStore("ivy", MemorySettings())
+    first.add("I grow tomatoes on my balcony.", "fact")
+    first.close()
+    other = MemoryStore("ivy", MemorySettings(), embedder=_OtherEmbedder())
+    assert other.col._col.metadata["embedder"] == "test/bag-of-letters"
+    assert other.col._col.metadata["dim"] == 26
+    hits = other.search("tomatoes balcony", k=1)
+    assert hits[0].text == "I grow tomatoes on my balcony."
+    other.close()
