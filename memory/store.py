@@ -158,12 +158,15 @@ class VectorCollection:
         return [_from_row(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"])]
 
     def query(self, text: str, n: int, where: dict[str, Any] | None = None) -> list[Memory]:
+        return self.query_vector(self.embedder.embed([text])[0], n, where)
+
+    def query_vector(self, vector: Sequence[float], n: int, where: dict[str, Any] | None = None) -> list[Memory]:
         with self._lock:
             total = self._col.count()
             if total == 0:
                 return []
             rows = self._col.query(
-                query_embeddings=self.embedder.embed([text]), n_results=min(n, total), where=where,
+                query_embeddings=[list(vector)], n_results=min(n, total), where=where,
                 include=["documents", "metadatas", "distances"],
             )
         return [
@@ -326,7 +329,18 @@ class MemoryStore:
         if not include_superseded:
             clauses.append({"superseded_by": ""})
         where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
-        return self.col.query(query, k, where)
+        # chromadb's filtered search scans the metadata first and grows slow with the store;
+        # an unfiltered nearest-neighbour search for a few times k, filtered here, is fast and
+        # almost always enough. Only when it is not is the filtered search run.
+        wanted = set(kinds) if kinds else None
+        vector = self.embedder.embed([query])[0]
+        hits = [
+            m for m in self.col.query_vector(vector, k * 4)
+            if (wanted is None or m.kind in wanted) and (include_superseded or not m.superseded_by)
+        ]
+        if len(hits) >= k or len(hits) == self.col.count():
+            return hits[:k]
+        return self.col.query_vector(vector, k, where)
 
     def recall(
         self, query: str, pack: str | None = None, *, k: int = 6, min_similarity: float = 0.35,
