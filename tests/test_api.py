@@ -321,7 +321,12 @@ def test_audit_log_has_no_message_text(server, keys):
     httpx.post(f"{server.url}/v1/chat/completions", headers=_h(keys["chat"]), json=_chat_body(secret), timeout=30)
     httpx.post(f"{server.url}/v1/chat/completions", json=_chat_body(secret))
     httpx.get(f"{server.url}/v1/memories", headers=_h(keys["all"]), params={"user": "me", "q": secret}, timeout=60)
-    raw = (paths.api_dir() / "audit.log").read_text()
+    deadline = time.monotonic() + 10  # the audit line is written as the response finishes
+    while True:
+        raw = (paths.api_dir() / "audit.log").read_text()
+        if len(raw.splitlines()) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert "Zebra4471" not in raw
     entries = [json.loads(line) for line in raw.splitlines()]
     assert {"app", "endpoint", "method", "time", "status"} <= set(entries[0])
