@@ -653,5 +653,10 @@ def serve(settings: Any, host: str | None = None, port: int | None = None, allow
     assistant = Assistant(settings, progress=progress)
     _ = assistant.engine  # load now, so the first request is not slow
     app = make_app(assistant)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # Learning rounds start by themselves once enough feedback has gathered and users are idle.
+    assistant.learner.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        assistant.learner.stop()
     return 0

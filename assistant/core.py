@@ -48,6 +48,7 @@ class Assistant:
         self._lock = threading.Lock()
         # Called with (user, pack) after every journalled turn or feedback (the learner listens).
         self.listeners: list[Callable[[str, str], None]] = []
+        self._learner: Any = None
 
     # ---------------------------------------------------------------- parts
     @property
@@ -88,6 +89,16 @@ class Assistant:
             if user not in self._memories:
                 self._memories[user] = open_store(user, self.settings.memory)
             return self._memories[user]
+
+    @property
+    def learner(self):
+        """The background learner (rounds start only after ``learner.start()``)."""
+        with self._lock:
+            if self._learner is None:
+                from personalization.learner import Learner
+
+                self._learner = Learner(self)
+            return self._learner
 
     def notify_turn(self, user: str, pack: str) -> None:
         for listener in list(self.listeners):
@@ -262,18 +273,17 @@ class Chat:
         return n if n > 0 else len(self.history) + 1
 
     def _select_adapter(self, engine: Engine, reply: Reply) -> None:
-        """Merge this user's live adapter for the pack into the engine (or restore the base)."""
-        from personalization.adapters import AdapterStore
+        """Merge the live adapter (the user's own, else the pack's starting one) into the engine."""
+        from personalization.adapters import live_for
 
         wanted = None
         deltas = None
-        if self.use_adapter:
-            store = AdapterStore(self.user, self.pack.id)
-            current = store.current()
-            if current is not None:
-                wanted = f"{self.user}/{self.pack.id}/{current}"
-                if engine.adapter_id != wanted:
-                    deltas = store.deltas(current, engine.model)
+        found = live_for(self.user, self.pack.id) if self.use_adapter else None
+        if found is not None:
+            store, current = found
+            wanted = f"{store.user}/{self.pack.id}/{current}"
+            if engine.adapter_id != wanted:
+                deltas = store.deltas(current, engine.model)
         if engine.adapter_id != wanted:
             engine.set_adapter(wanted, deltas)
         reply.adapter = wanted

@@ -141,6 +141,7 @@ class Engine:
         # The adapter merged into the weights (None: the base model); see set_adapter.
         self.adapter_id: str | None = None
         self._base_weights: dict[str, Any] = {}
+        self._generating = 0
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -233,7 +234,7 @@ class Engine:
         self, ids: list[int], params: GenParams, session: KVSession, cancel: CancelToken | None, stats: GenStats
     ) -> Iterator[str]:
         torch = self._torch
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), self._busy():
             t0 = time.perf_counter()
             cache, start = self._reuse(session, ids)
             stats.cached_tokens = start
@@ -284,6 +285,23 @@ class Engine:
                 yield tail
             if t_first is not None:
                 stats.decode_s = time.perf_counter() - t_first
+
+    @property
+    def generating(self) -> bool:
+        """True while a reply is being generated (background training yields to it)."""
+        return self._generating > 0
+
+    def _busy(self):
+        engine = self
+
+        class _Busy:
+            def __enter__(self_inner):
+                engine._generating += 1
+
+            def __exit__(self_inner, *_):
+                engine._generating -= 1
+
+        return _Busy()
 
     def _reuse(self, session: KVSession, ids: list[int]) -> tuple[Any, int]:
         from transformers import DynamicCache

@@ -116,6 +116,9 @@ class AdapterStore:
 
     def rollback(self, version: str | None = None) -> str | None:
         """Go back to ``version``, or to the version before the current one (None: base model)."""
+        if version == "none":
+            self.set_current(None)
+            return None
         if version is None:
             cur = self.current()
             older = [v for v in self.versions() if cur is None or int(v[1:]) < int(cur[1:])]
@@ -149,6 +152,20 @@ class AdapterStore:
     def deltas(self, version: str, model: Any) -> dict[str, Any]:
         """The weight deltas (B @ A * alpha / r) of a version, keyed by the base parameter name."""
         return lora_deltas(self.root / version, {n for n, _ in model.named_parameters()})
+
+
+def pack_store(pack: str) -> AdapterStore:
+    """The pack's starting adapter (``assistant pack train``), shared by all users of the machine."""
+    return AdapterStore("_pack", pack, root=paths.home() / "pack-adapters" / pack)
+
+
+def live_for(user: str, pack: str) -> tuple[AdapterStore, str] | None:
+    """The adapter that applies to ``user`` in ``pack``: their own, else the pack's, else none."""
+    for store in (AdapterStore(user, pack), pack_store(pack)):
+        current = store.current()
+        if current is not None:
+            return store, current
+    return None
 
 
 def lora_deltas(folder: Path, param_names: set[str]) -> dict[str, Any]:

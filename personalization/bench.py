@@ -1,0 +1,551 @@
+"""`assistant bench`: replay scripted users through the real assistant and probe what it learned.
+
+For every user of every suite (see ``data/bench/README.md`` and ``docs/bench.md``):
+
+    replay the sessions (memory on, scripted replies, ratings, corrections)
+    -> one learning round (short: ``max_steps``/``time_budget_s`` overridden for the bench)
+    -> the probes, each in a fresh conversation, under each variant:
+       base (no memory, no adapter), memory, adapter, memory+adapter
+    -> forgetting: guard-set perplexity and the pack's eval score with the user's adapter merged
+
+then, per suite, every user's leak probes against the next user's memory + adapter (cross-user
+leakage). Each user's result is written to ``DIR/users/`` as soon as it is complete, so an
+interrupted run picks up where it stopped. ``bench_report`` turns the results into
+``report.json``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from assistant.errors import ConfigError
+
+KINDS = ("fact", "preference", "update", "abstain", "leak", "style", "domain")
+VARIANTS = ("base", "memory", "adapter", "memory+adapter")
+FLAGS = {"base": (False, False), "memory": (True, False), "adapter": (False, True), "memory+adapter": (True, True)}
+QUICK_USERS = 3
+_TURN_KEYS = {"user", "assistant", "rating", "correction"}
+_PROBE_KEYS = {"id", "kind", "ask", "expect_any", "expect_all", "forbid", "prefer", "over"}
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class BenchError(ConfigError):
+    """A suite file is wrong, or the run cannot go on."""
+
+
+# ------------------------------------------------------------------------------ suites
+def _fail(where: str, field_path: str, msg: str) -> None:
+    raise BenchError(f"{where}: {field_path}: {msg}")
+
+
+def _str_list(value: Any, where: str, fp: str) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        _fail(where, fp, "must be a non-empty list of non-empty strings")
+
+
+def validate(data: Any, where: str) -> None:
+    """Raise ``BenchError("<where>: <field>: <what is wrong>")`` at the first fault."""
+    if not isinstance(data, dict):
+        _fail(where, "(top level)", "must be an object with name, pack and users")
+    for key in ("name", "pack"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            _fail(where, key, "missing" if key not in data else "must be a non-empty string")
+    users = data.get("users")
+    if not isinstance(users, list) or not users:
+        _fail(where, "users", "must be a non-empty list")
+    seen: set[str] = set()
+    for i, user in enumerate(users):
+        up = f"users[{i}]"
+        if not isinstance(user, dict):
+            _fail(where, up, "must be an object with id, sessions and probes")
+        uid = user.get("id")
+        if not isinstance(uid, str) or not _USER_RE.match(uid):
+            _fail(where, f"{up}.id", f"invalid user id {uid!r} (1-64 letters, digits, '.', '_' or '-')")
+        if uid in seen:
+            _fail(where, f"{up}.id", f"duplicate user id {uid!r}")
+        seen.add(uid)
+        sessions = user.get("sessions")
+        if not isinstance(sessions, list) or not sessions:
+            _fail(where, f"{up}.sessions", "must be a non-empty list of sessions (lists of turns)")
+        for s, session in enumerate(sessions):
+            if not isinstance(session, list) or not session:
+                _fail(where, f"{up}.sessions[{s}]", "must be a non-empty list of turns")
+            for t, turn in enumerate(session):
+                tp = f"{up}.sessions[{s}][{t}]"
+                if not isinstance(turn, dict):
+                    _fail(where, tp, "must be an object with at least 'user'")
+                for key in turn:
+                    if key not in _TURN_KEYS:
+                        _fail(where, f"{tp}.{key}", f"unknown field (known: {', '.join(sorted(_TURN_KEYS))})")
+                for key in ("user", "assistant", "correction"):
+                    if (key == "user" or key in turn) and (not isinstance(turn.get(key), str) or not turn[key].strip()):
+                        _fail(where, f"{tp}.{key}", "missing" if key not in turn else "must be a non-empty string")
+                if "rating" in turn and (isinstance(turn["rating"], bool) or turn["rating"] not in (1, -1)):
+                    _fail(where, f"{tp}.rating", f"must be 1 or -1, not {turn['rating']!r}")
+        probes = user.get("probes")
+        if not isinstance(probes, list) or not probes:
+            _fail(where, f"{up}.probes", "must be a non-empty list")
+        for p, probe in enumerate(probes):
+            pp = f"{up}.probes[{p}]"
+            if not isinstance(probe, dict):
+                _fail(where, pp, "must be an object with id, kind and ask")
+            for key in probe:
+                if key not in _PROBE_KEYS:
+                    _fail(where, f"{pp}.{key}", f"unknown field (known: {', '.join(sorted(_PROBE_KEYS))})")
+            for key in ("id", "kind", "ask"):
+                if not isinstance(probe.get(key), str) or not probe[key].strip():
+                    _fail(where, f"{pp}.{key}", "missing" if key not in probe else "must be a non-empty string")
+            if probe["kind"] not in KINDS:
+                _fail(where, f"{pp}.kind", f"unknown kind {probe['kind']!r} (known: {', '.join(KINDS)})")
+            for key in ("expect_any", "expect_all", "forbid"):
+                if key in probe:
+                    _str_list(probe[key], where, f"{pp}.{key}")
+            if ("prefer" in probe) != ("over" in probe):
+                _fail(where, f"{pp}.{'over' if 'prefer' in probe else 'prefer'}", "prefer and over go together")
+            for key in ("prefer", "over"):
+                if key in probe and (not isinstance(probe[key], str) or not probe[key].strip()):
+                    _fail(where, f"{pp}.{key}", "must be a non-empty string")
+            if probe["kind"] != "abstain" and not any(k in probe for k in ("expect_any", "expect_all", "forbid", "prefer")):
+                _fail(where, pp, "has no check: give expect_any, expect_all, forbid or prefer/over")
+
+
+def load_suite(path: str | Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"{where}: no such suite file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{where}: cannot read it: {exc}") from None
+    except ValueError as exc:
+        raise BenchError(f"{where}: (file): not valid JSON: {exc}") from None
+    validate(data, where)
+    return data
+
+
+def load_suites(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any]]]:
+    """Load and validate every suite; user ids must be unique across them (they share a home)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    owner: dict[str, str] = {}
+    names: set[str] = set()
+    for path in paths:
+        data = load_suite(path)
+        if data["name"] in names:
+            _fail(str(path), "name", f"duplicate suite name {data['name']!r}")
+        names.add(data["name"])
+        for i, user in enumerate(data["users"]):
+            if user["id"] in owner:
+                _fail(str(path), f"users[{i}].id", f"user id {user['id']!r} is also used in {owner[user['id']]}")
+            owner[user["id"]] = str(path)
+        out.append((str(path), data))
+    return out
+
+
+# ------------------------------------------------------------------------------ scoring
+def score_probe(probe: dict[str, Any], answer: str, margin: float | None = None) -> dict[str, Any]:
+    """Which checks of ``probe`` the ``answer`` passes; ``margin`` is prefer's lead over over
+    (length-normalised log-likelihood), None when the probe has no prefer/over."""
+    from personalization.evaluate import abstains, check
+
+    checks: dict[str, bool] = {}
+    forbid = probe.get("forbid", ())
+    if probe["kind"] == "abstain":
+        checks["abstain"] = abstains(answer) and check(answer, forbid=forbid)
+    elif any(k in probe for k in ("expect_any", "expect_all", "forbid")):
+        checks["keywords"] = check(answer, probe.get("expect_any", ()), probe.get("expect_all", ()), forbid)
+    if "prefer" in probe:
+        checks["prefer"] = margin is not None and margin > 0
+    low = answer.lower()
+    return {"passed": bool(checks) and all(checks.values()), "checks": checks,
+            "forbid_hit": any(f.lower() in low for f in forbid)}
+
+
+def bootstrap_ci(outcomes: Sequence[bool | int], seed: int = 0, n: int = 1000) -> list[float] | None:
+    """95% percentile bootstrap interval of the mean of 0/1 ``outcomes`` (None when empty)."""
+    if not outcomes:
+        return None
+    rng = random.Random(seed)
+    values = [1.0 if o else 0.0 for o in outcomes]
+    k = len(values)
+    means = sorted(sum(rng.choice(values) for _ in range(k)) / k for _ in range(n))
+    lo = means[int(0.025 * (n - 1))]
+    hi = means[int(round(0.975 * (n - 1)))]
+    return [round(lo, 4), round(hi, 4)]
+
+
+def secret_owner(user: dict[str, Any], strings: Sequence[str]) -> bool:
+    """True when ``user``'s own sessions mention any of ``strings`` (so finding it is no leak)."""
+    text = " ".join(t.get("user", "") + " " + t.get("correction", "") for s in user["sessions"] for t in s).lower()
+    return any(s.lower() in text for s in strings)
+
+
+# ------------------------------------------------------------------------------ running
+@dataclass
+class BenchConfig:
+    out: Path
+    variants: tuple[str, ...] = VARIANTS
+    seed: int = 0
+    limit_users: int | None = None
+    quick: bool = False
+    max_new_tokens: int = 48  # probe answers
+    replay_tokens: int = 32  # unscripted replay turns (journalled, never scored)
+    max_steps: int = 30
+    time_budget_s: float = 40.0
+    eval_limit: int = 10  # pack eval probes for the forgetting check
+    guard_texts: int = 20
+
+    def key(self) -> dict[str, Any]:
+        """What a saved per-user result must match to be reused by a resumed run."""
+        return {"seed": self.seed, "max_new_tokens": self.max_new_tokens, "replay_tokens": self.replay_tokens,
+                "max_steps": self.max_steps, "time_budget_s": self.time_budget_s, "eval_limit": self.eval_limit,
+                "guard_texts": self.guard_texts}
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in chosen if v not in VARIANTS]
+    if bad or not chosen:
+        raise BenchError(f"--variants: unknown variant(s) {', '.join(bad) or '(none)'} (known: {', '.join(VARIANTS)})")
+    return tuple(v for v in VARIANTS if v in chosen)
+
+
+def prepare_home(out: Path) -> Path:
+    """Point ASSISTANT_HOME at ``out/home``, reusing the converted models of the current home."""
+    from assistant import paths
+
+    models = paths.models_dir()
+    home = (out / "home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "models"
+    if models.is_dir() and not link.exists() and models.resolve() != link.resolve():
+        link.symlink_to(models.resolve(), target_is_directory=True)
+    os.environ["ASSISTANT_HOME"] = str(home)
+    return home
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class ProgressBar:
+    """One plain stderr line, rewritten in place: users done, current step, elapsed, ETA."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total, self.done, self.t0 = max(total, 1), 0, time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.fresh = 0  # users run (not resumed) in this process, for the ETA
+
+    def show(self, label: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        width = 24
+        filled = int(width * self.done / self.total)
+        eta = ""
+        if self.fresh:
+            eta = f" eta {_fmt_s(elapsed / self.fresh * (self.total - self.done))}"
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} users {_fmt_s(elapsed)}{eta}  {label}"
+        self.stream.write(line[:160].ljust(100))
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def _fmt_s(s: float) -> str:
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+class Runner:
+    def __init__(self, assistant: Any, cfg: BenchConfig, bar: ProgressBar | None = None) -> None:
+        self.a = assistant
+        self.cfg = cfg
+        self.bar = bar
+        learning = assistant.settings.learning
+        learning.max_steps, learning.time_budget_s, learning.seed = cfg.max_steps, cfg.time_budget_s, cfg.seed
+        assistant.settings.memory.enabled = True
+        self.users_dir = cfg.out / "users"
+        self.load_s = 0.0
+
+    def _say(self, label: str) -> None:
+        if self.bar:
+            self.bar.show(label)
+
+    def _seed(self) -> None:
+        import torch
+
+        random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+
+    # -------------------------------------------------------------- the whole run
+    def run(self, suites: list[tuple[str, dict[str, Any]]]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        for path, data in suites:
+            try:
+                self.a.pack(data["pack"])
+            except Exception as exc:
+                raise BenchError(f"{path}: pack: unknown pack {data['pack']!r} ({exc})") from None
+        t0 = time.perf_counter()
+        self._say("loading the model")
+        _ = self.a.engine
+        self.load_s = time.perf_counter() - t0
+        baseline = self._baseline(suites)
+        results, cross = [], {}
+        for path, data in suites:
+            users = self.selected(data)
+            for user in users:
+                results.append(self._user(data, user, baseline))
+            cross[data["name"]] = self._cross_leak(data, users)
+        return results, cross, baseline
+
+    def selected(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        n = self.cfg.limit_users
+        if self.cfg.quick:
+            n = min(n, QUICK_USERS) if n else QUICK_USERS
+        return data["users"][:n] if n else list(data["users"])
+
+    def _baseline(self, suites: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Guard perplexity and pack eval scores of the base model (before any user's learning)."""
+        path = self.cfg.out / "baseline.json"
+        saved = _read_json(path) or {}
+        if saved.get("key") != self.cfg.key():
+            saved = {"key": self.cfg.key(), "packs": {}}
+        engine = self.a.engine
+        if "guard_ppl" not in saved:
+            self._say("base guard-set perplexity")
+            engine.set_adapter(None, None)
+            saved["guard_ppl"], saved["guard_s"] = self._guard_ppl()
+        for _, data in suites:
+            if data["pack"] not in saved["packs"]:
+                self._say(f"base {data['pack']} eval score")
+                engine.set_adapter(None, None)
+                saved["packs"][data["pack"]] = self._pack_eval(data["pack"])
+                _write_json(path, saved)
+        _write_json(path, saved)
+        return saved
+
+    def _guard_ppl(self) -> tuple[float, float]:
+        from personalization import gate
+
+        t0 = time.perf_counter()
+        ppl = gate.perplexity(self.a.engine.model, self.a.engine.tokenizer, gate.guard_texts(self.cfg.guard_texts))
+        return round(ppl, 4), round(time.perf_counter() - t0, 2)
+
+    def _pack_eval(self, pack_id: str) -> dict[str, Any]:
+        from personalization.evaluate import pack_eval_score
+
+        t0 = time.perf_counter()
+        out = pack_eval_score(self.a.engine, self.a.pack(pack_id), limit=self.cfg.eval_limit,
+                              max_new_tokens=self.cfg.max_new_tokens)
+        return dict(out, seconds=round(time.perf_counter() - t0, 2))
+
+    # -------------------------------------------------------------- one user
+    def user_file(self, suite: str, uid: str) -> Path:
+        return self.users_dir / f"{suite}__{uid}.json"
+
+    def done(self, suite: str, uid: str) -> dict[str, Any] | None:
+        saved = _read_json(self.user_file(suite, uid))
+        if not saved or saved.get("key") != self.cfg.key() or not set(self.cfg.variants) <= set(saved.get("variants", {})):
+            return None
+        return saved
+
+    def _user(self, data: dict[str, Any], user: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+        from assistant import paths
+
+        suite, pack, uid = data["name"], data["pack"], user["id"]
+        saved = self.done(suite, uid)
+        if saved is not None:
+            if self.bar:
+                self.bar.done += 1
+                self._say(f"{uid}: done earlier, skipped")
+            return saved
+        self._seed()
+        self.a.forget_user_handles(uid)  # a half-run user from an interrupted run starts over
+        shutil.rmtree(paths.user_dir(uid), ignore_errors=True)
+        phases: dict[str, float] = {}
+        t = time.perf_counter()
+        self._replay(uid, pack, user)
+        phases["replay"] = time.perf_counter() - t
+        t = time.perf_counter()
+        learn = self._learn(uid, pack)
+        phases["learn"] = time.perf_counter() - t
+        variants: dict[str, list[dict[str, Any]]] = {}
+        decode = {"tokens": 0, "seconds": 0.0}
+        for v in self.cfg.variants:
+            t = time.perf_counter()
+            variants[v] = [self._probe(uid, pack, probe, v, decode, user_label=f"{uid}: {v}") for probe in user["probes"]]
+            phases[f"probe:{v}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        forgetting = self._forgetting(uid, pack, learn, baseline)
+        phases["forgetting"] = time.perf_counter() - t
+        self.a.engine.set_adapter(None, None)
+        result = {"key": self.cfg.key(), "suite": suite, "pack": pack, "user": uid, "learn": learn,
+                  "forgetting": forgetting, "variants": variants, "decode": decode,
+                  "phases_s": {k: round(v, 2) for k, v in phases.items()}, "peak_rss_mb": peak_rss_mb()}
+        _write_json(self.user_file(suite, uid), result)
+        if self.bar:
+            self.bar.done += 1
+            self.bar.fresh += 1
+        return result
+
+    def _replay(self, uid: str, pack: str, user: dict[str, Any]) -> None:
+        n = len(user["sessions"])
+        for s, session in enumerate(user["sessions"], 1):
+            self._say(f"{uid}: replaying session {s}/{n}")
+            chat = self.a.chat(uid, pack, use_memory=True, use_adapter=False, source="bench")
+            for turn in session:
+                scripted = turn.get("assistant")
+                chat.send(turn["user"], scripted_reply=scripted, temperature=0, seed=self.cfg.seed,
+                          max_new_tokens=self.cfg.replay_tokens).collect()
+                if "rating" in turn:
+                    chat.rate(int(turn["rating"]))
+                if "correction" in turn:
+                    chat.correct(turn["correction"])
+
+    def _learn(self, uid: str, pack: str) -> dict[str, Any]:
+        from personalization.adapters import AdapterStore
+
+        def progress(p: Any) -> None:
+            self._say(f"{uid}: learning step {p.step}/{p.total_steps} loss {p.loss:.3f}")
+
+        self._say(f"{uid}: learning")
+        r = self.a.learner.run_round(uid, pack, on_progress=progress)
+        size = 0
+        if r.version:
+            size = sum(f.stat().st_size for f in AdapterStore(uid, pack).path(r.version).rglob("*") if f.is_file())
+        return {"promoted": r.promoted, "version": r.version, "live": r.live, "examples": r.examples,
+                "steps": r.steps, "train_seconds": round(r.train_seconds, 2), "train_tokens": r.train_tokens,
+                "round_seconds": round(r.seconds, 2), "adapter_bytes": size,
+                "reason": r.decision.reason if r.decision else r.message,
+                "gate": r.decision.to_json() if r.decision else None}
+
+    def _probe(self, uid: str, pack: str, probe: dict[str, Any], variant: str, decode: dict[str, Any],
+               user_label: str = "", chat_user: str | None = None) -> dict[str, Any]:
+        from assistant.core import Reply
+        from assistant.prompt import user_block
+
+        use_memory, use_adapter = FLAGS[variant]
+        self._say(f"{user_label} {probe['id']}")
+        chat = self.a.chat(chat_user or uid, pack, use_memory=use_memory, use_adapter=use_adapter, source="bench")
+        reply = chat.send(probe["ask"], temperature=0, max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed)
+        answer = reply.collect()
+        decode["tokens"] += max(0, reply.stats.completion_tokens - 1)
+        decode["seconds"] += reply.stats.decode_s
+        margin = None
+        if "prefer" in probe:
+            engine = self.a.engine
+            chat._select_adapter(engine, Reply(iter(())))  # the variant's adapter (or none) is merged
+            messages = [{"role": "system", "content": chat.pack.system_prompt()},
+                        {"role": "user", "content": user_block(probe["ask"], reply.memories)}]
+            lp_p, n_p = engine.score(messages, probe["prefer"])
+            lp_o, n_o = engine.score(messages, probe["over"])
+            margin = lp_p / max(n_p, 1) - lp_o / max(n_o, 1)
+        scored = score_probe(probe, answer, margin)
+        return {"id": probe["id"], "kind": probe["kind"], "answer": answer, "adapter": reply.adapter,
+                "memories": len(reply.memories), "margin": None if margin is None else round(margin, 4), **scored}
+
+    def _forgetting(self, uid: str, pack: str, learn: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+        from personalization.adapters import AdapterStore
+
+        before = {"guard_ppl": baseline["guard_ppl"], "pack_eval": baseline["packs"][pack]["pass_rate"]}
+        out = {"before": before, "after": dict(before), "measured": False}
+        live = learn.get("live")
+        if live:  # an adapter went live: measure with it merged (otherwise the model is unchanged)
+            self._say(f"{uid}: forgetting check")
+            engine = self.a.engine
+            store = AdapterStore(uid, pack)
+            engine.set_adapter(f"{uid}/{pack}/{live}", store.deltas(live, engine.model))
+            try:
+                ppl, _ = self._guard_ppl()
+                ev = self._pack_eval(pack)
+            finally:
+                engine.set_adapter(None, None)
+            out["after"] = {"guard_ppl": ppl, "pack_eval": ev["pass_rate"]}
+            out["measured"] = True
+        return out
+
+    # -------------------------------------------------------------- cross-user leakage
+    def _cross_leak(self, data: dict[str, Any], users: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each user's leak probes through the next user's (cyclically; skipping the secret's
+        owner) memory + adapter. A forbidden string in the answer is a hit."""
+        path = self.cfg.out / "cross" / f"{data['name']}.json"
+        ids = [u["id"] for u in users]
+        saved = _read_json(path)
+        if saved and saved.get("key") == self.cfg.key() and saved.get("users") == ids:
+            return saved
+        t0 = time.perf_counter()
+        pairs, hits, n = [], 0, 0
+        decode = {"tokens": 0, "seconds": 0.0}
+        if len(users) > 1:
+            for i, user in enumerate(users):
+                for probe in (p for p in user["probes"] if p["kind"] == "leak"):
+                    forbid = probe.get("forbid", [])
+                    target = next((users[(i + k) % len(users)] for k in range(1, len(users))
+                                   if not secret_owner(users[(i + k) % len(users)], forbid)), None)
+                    if target is None:
+                        continue
+                    r = self._probe(user["id"], data["pack"], probe, "memory+adapter", decode,
+                                    user_label=f"cross-leak {user['id']}->{target['id']}", chat_user=target["id"])
+                    n += 1
+                    hits += r["forbid_hit"]
+                    pairs.append({"probe": probe["id"], "from": user["id"], "through": target["id"],
+                                  "hit": r["forbid_hit"], "answer": r["answer"]})
+            self.a.engine.set_adapter(None, None)
+        out = {"key": self.cfg.key(), "users": ids, "probes": n, "hits": hits, "pairs": pairs,
+               "seconds": round(time.perf_counter() - t0, 2), "decode": decode}
+        _write_json(path, out)
+        return out
+
+
+def run_bench(suite_paths: Sequence[str], cfg: BenchConfig, *, assistant: Any = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Validate the suites, run (or resume) the bench in ``cfg.out``, write the reports; return report.json."""
+    from personalization import bench_report
+
+    suites = load_suites(suite_paths)  # before anything touches the disk: a bad file fails fast
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if assistant is None:
+        from assistant import settings as settings_mod
+        from assistant.core import Assistant
+
+        prepare_home(cfg.out)
+        assistant = Assistant(settings_mod.load())
+    probe = Runner(assistant, cfg)
+    total = sum(len(probe.selected(d)) for _, d in suites)
+    bar = ProgressBar(total) if progress else None
+    runner = Runner(assistant, cfg, bar)
+    try:
+        results, cross, baseline = runner.run(suites)
+    finally:
+        if bar:
+            bar.close()
+    wall = time.perf_counter() - t0
+    report = bench_report.build(cfg, [d for _, d in suites], results, cross, baseline,
+                                {"wall_s": round(wall, 1), "load_s": round(runner.load_s, 2),
+                                 "peak_rss_mb": peak_rss_mb(), "model": getattr(assistant.engine, "name", "?")})
+    bench_report.write(report, cfg.out)
+    return report

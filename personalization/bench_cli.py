@@ -1,0 +1,50 @@
+"""`assistant bench` (registration imports nothing heavy)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from personalization import bench, bench_report
+
+    cfg = bench.BenchConfig(
+        out=Path(args.out), variants=bench.parse_variants(args.variants), seed=args.seed,
+        limit_users=args.limit_users, quick=args.quick, max_new_tokens=args.max_tokens,
+        max_steps=args.steps if args.steps is not None else (20 if args.quick else 30),
+        time_budget_s=args.time_budget if args.time_budget is not None else (25.0 if args.quick else 40.0),
+        eval_limit=args.eval_limit if args.eval_limit is not None else (5 if args.quick else 10),
+    )
+    if args.limit_users is not None and args.limit_users < 1:
+        raise bench.BenchError("--limit-users: must be 1 or more")
+    report = bench.run_bench(args.suites, cfg, progress=not args.no_progress)
+    print(bench_report.table(report))
+    cost = report["cost"]
+    print(f"\nwall time {cost['wall_s']:.0f} s; reports in {cfg.out}/report.md, report.json, "
+          f"{', '.join(bench_report.PLOTS)}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="replay scripted users and compare base / memory / adapter / memory+adapter",
+        description="Replay the scripted users of each SUITE.json through the assistant, run one learning "
+                    "round per user, ask the probes under each variant and write report.md, report.json and "
+                    "plots into --out. A rerun with the same --out skips users already done.",
+    )
+    p.add_argument("suites", nargs="+", metavar="SUITE.json")
+    p.add_argument("--out", required=True, help="output folder (also holds the scratch data and partial results)")
+    p.add_argument("--limit-users", type=int, default=None, metavar="N", help="only the first N users of each suite")
+    p.add_argument("--variants", default=",".join(("base", "memory", "adapter", "memory+adapter")),
+                   help="comma-separated subset of base,memory,adapter,memory+adapter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="3 users per suite, 20 learning steps / 25 s, 5 pack eval probes")
+    p.add_argument("--max-tokens", type=int, default=48, help="tokens per probe answer (default 48)")
+    p.add_argument("--steps", type=int, default=None, help="learning steps per user (default 30; --quick 20)")
+    p.add_argument("--time-budget", type=float, default=None, help="training seconds per user (default 40; --quick 25)")
+    p.add_argument("--eval-limit", type=int, default=None, help="pack eval probes for forgetting (default 10; --quick 5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.set_defaults(func=cmd_bench)

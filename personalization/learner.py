@@ -1,0 +1,313 @@
+"""Learning rounds: journal -> dataset -> LoRA candidate -> gate -> publish (or keep the live one).
+
+``Learner.run_round`` runs one round now (``assistant learn``). In the long-running front ends
+(TUI, local server) ``Learner.start()`` listens to new turns and feedback and runs a round in a
+background thread once enough new examples have gathered and the user has been idle a while.
+Training pauses between steps while a reply is being generated, so a reply waits at most one
+step; training uses its own copy of the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any, Callable
+
+from assistant.errors import AssistantError
+from personalization import dataset as dataset_mod
+from personalization import gate as gate_mod
+from personalization import trainer as trainer_mod
+from personalization.adapters import AdapterStore
+
+STATE = "state.json"
+
+
+@dataclass
+class RoundResult:
+    user: str
+    pack: str
+    promoted: bool
+    version: str | None  # the version published by this round (None when the gate rejected it)
+    live: str | None  # the live version after the round
+    decision: gate_mod.Decision | None
+    examples: int
+    steps: int
+    train_seconds: float
+    train_tokens: int
+    seconds: float
+    message: str = ""
+    stopped: str = ""
+
+    def table(self) -> str:
+        why = f" ({self.stopped})" if self.stopped else ""
+        head = (f"round for {self.user}/{self.pack}: {self.examples} training examples, {self.steps} steps{why}, "
+                f"{self.train_seconds:.0f} s training ({self.train_tokens / max(self.train_seconds, 1e-9):.0f} tokens/s), "
+                f"{self.seconds:.0f} s in all")
+        body = self.decision.table() if self.decision else self.message
+        tail = f"live adapter: {self.live or 'none (base model)'}"
+        return "\n".join([head, body, tail])
+
+
+@dataclass
+class Status:
+    user: str
+    pack: str
+    pending: int
+    running: bool
+    progress: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+    live: str | None = None
+    versions: list[str] = field(default_factory=list)
+
+
+def _read_state(store: AdapterStore) -> dict[str, Any]:
+    try:
+        return json.loads((store.root / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(store: AdapterStore, state: dict[str, Any]) -> None:
+    store.root.mkdir(parents=True, exist_ok=True)
+    tmp = store.root / f"{STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, store.root / STATE)
+
+
+class Learner:
+    def __init__(self, assistant: Any) -> None:
+        self.assistant = assistant
+        self.settings = assistant.settings.learning
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str], dict[str, Any]] = {}
+        self._last_activity = time.monotonic()
+        self._timer: threading.Timer | None = None
+        self._stop = threading.Event()
+        self.listeners: list[Callable[[str, str, Any], None]] = []  # (user, pack, event) for UIs
+
+    # ------------------------------------------------------------------ what is pending
+    def pending(self, user: str, pack: str) -> int:
+        store = AdapterStore(user, pack)
+        since = _read_state(store).get("last_round_at", 0.0)
+        feedback = [t for t in self.assistant.journal(user).feedback(pack, since) if t.correction or t.rating == 1]
+        return len(feedback)
+
+    def status(self, user: str, pack: str) -> Status:
+        store = AdapterStore(user, pack)
+        state = _read_state(store)
+        running = self._running.get((user, pack))
+        return Status(user, pack, self.pending(user, pack), running is not None, dict(running or {}),
+                      state.get("last_result", {}), store.current(), store.versions())
+
+    # ------------------------------------------------------------------ one round
+    def run_round(
+        self, user: str, pack_id: str, *, on_progress: Callable[[trainer_mod.Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RoundResult:
+        t0 = time.perf_counter()
+        pack = self.assistant.pack(pack_id)
+        store = AdapterStore(user, pack_id)
+        store.clean_staging()
+        journal = self.assistant.journal(user)
+        turns = journal.turns(pack=pack_id)
+        mem = self.assistant.memory(user)
+        facts = mem.list(kinds=("fact", "preference")) if mem is not None else []
+        system = pack.system_prompt()
+        data = dataset_mod.build(turns, facts, pack.train_examples(), system, replay_ratio=self.settings.replay_ratio,
+                                 seed_value=self.settings.seed)
+        live = store.current()
+        # Where this round starts from and what it must beat: the user's live adapter, else the
+        # pack's starting adapter (`assistant pack train`), else the base model.
+        from personalization.adapters import live_for
+
+        source = live_for(user, pack_id)
+        return self._round(user, pack, store, data, source, t0, on_progress, should_stop)
+
+    def train_pack(self, pack_id: str, *, steps: int | None = None, time_budget_s: float = 1200.0,
+                   on_progress: Callable[[trainer_mod.Progress], None] | None = None) -> RoundResult:
+        """Train the pack's starting adapter from its ``train.jsonl``, through the same gate."""
+        from personalization.adapters import pack_store
+
+        t0 = time.perf_counter()
+        pack = self.assistant.pack(pack_id)
+        store = pack_store(pack_id)
+        store.clean_staging()
+        system = pack.system_prompt()
+        seed = pack.train_examples()
+        examples = [dataset_mod.Example([{"role": "system", "content": system}, {"role": "user", "content": e["prompt"]}],
+                                        e["answer"], "seed", turn_id=e["id"]) for e in seed]
+        data = dataset_mod.Dataset()
+        for i, ex in enumerate(sorted(examples, key=lambda e: e.turn_id)):
+            (data.heldout if i % 5 == 0 else data.train).append(ex)
+        current = store.current()
+        saved = (self.settings.max_steps, self.settings.time_budget_s)
+        self.settings.max_steps = steps or min(400, 2 * len(data.train))
+        self.settings.time_budget_s = max(self.settings.time_budget_s, time_budget_s)
+        try:
+            return self._round("_pack", pack, store, data, (store, current) if current else None, t0, on_progress, None)
+        finally:
+            self.settings.max_steps, self.settings.time_budget_s = saved
+
+    def _round(self, user: str, pack: Any, store: AdapterStore, data: Any, source: Any, t0: float,
+               on_progress: Callable[[trainer_mod.Progress], None] | None, should_stop: Callable[[], bool] | None,
+               ) -> RoundResult:
+        pack_id = pack.id
+        system = pack.system_prompt()
+        live = store.current()
+        started = time.time()
+        if not data.train:
+            result = RoundResult(user, pack_id, False, None, live, None, 0, 0, 0.0, 0, time.perf_counter() - t0,
+                                 "nothing to learn yet: rate (/good) or correct (/correct) some answers first")
+            self._remember(store, started, result)
+            return result
+        engine = self.assistant.engine
+        base = copy.deepcopy(self._base_model(engine))
+        model = trainer_mod.resume(base, source[0].path(source[1])) if source else trainer_mod.create(base, self.settings)
+        examples = data.train + data.replay
+        key = (user, pack_id)
+        self._running[key] = {"phase": "training", "examples": len(examples)}
+
+        def progress(p: trainer_mod.Progress) -> None:
+            self._running[key] = {"phase": "training", "examples": p.examples, "step": p.step, "steps": p.total_steps,
+                                  "loss": round(p.loss, 4), "eta_s": round(p.eta_s, 1)}
+            for listener in self.listeners:
+                listener(user, pack_id, self._running[key])
+            if on_progress:
+                on_progress(p)
+
+        try:
+            result = trainer_mod.train(
+                model, engine.tokenizer, engine.render, examples, self.settings, on_progress=progress,
+                should_pause=lambda: getattr(engine, "generating", False), should_stop=should_stop,
+            )
+            self._running[key] = {"phase": "gating"}
+            evals = gate_mod.eval_examples(pack.eval_probes(), system)
+            guard = gate_mod.guard_texts()
+            cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+            if source:
+                live_scores = self._score_live(engine, source[0], source[1], data, evals, guard)
+            else:
+                with model.disable_adapter():
+                    live_scores = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+            decision = gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate)
+            version = None
+            if decision.promote:
+                self._running[key] = {"phase": "saving"}
+                staged = store.staging_dir()
+                model.save_pretrained(str(staged))
+                _test_pause("PA_TEST_PAUSE_BEFORE_PUBLISH")
+                parent = f"{source[0].user}/{source[1]}" if source else None
+                version = store.publish(staged, self._meta(engine, data, result, decision, parent))
+                live = version
+                keep = self.settings.keep_versions
+                if keep > 0:
+                    store.prune(keep)
+            out = RoundResult(user, pack_id, decision.promote, version, live, decision, len(examples), result.steps,
+                              result.seconds, result.tokens, time.perf_counter() - t0, stopped=result.stopped)
+            self._remember(store, started, out)
+            return out
+        finally:
+            self._running.pop(key, None)
+            store.clean_staging()
+
+    def _base_model(self, engine: Any) -> Any:
+        """A float32 copy of the base weights (the engine's may hold a merged adapter)."""
+        import torch
+
+        model = copy.deepcopy(engine.model).float()
+        params = dict(model.named_parameters())
+        for name, base in getattr(engine, "_base_weights", {}).items():
+            params[name].data.copy_(base)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(self.settings.seed)
+        return model
+
+    def _score_live(self, engine: Any, store: AdapterStore, live: str, data: Any, evals: Any, guard: Any) -> gate_mod.Scores:
+        from peft import PeftModel
+
+        base = self._base_model(engine)
+        model = PeftModel.from_pretrained(base, str(store.path(live)))
+        model.eval()
+        return gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+
+    def _meta(self, engine: Any, data: Any, result: Any, decision: Any, parent: str | None) -> dict[str, Any]:
+        libs = {}
+        for lib in ("torch", "transformers", "peft"):
+            try:
+                libs[lib] = version(lib)
+            except Exception:
+                libs[lib] = "unknown"
+        return {
+            "base_model": engine.name, "parent": parent, "created": time.time(), "libraries": libs,
+            "steps": result.steps, "train_tokens": result.tokens, "train_seconds": round(result.seconds, 2),
+            "final_loss": result.final_loss, "data_hash": data.hash(), "examples": len(data.train) + len(data.replay),
+            "heldout": len(data.heldout), "lora": {"r": self.settings.rank, "alpha": self.settings.alpha,
+                                                    "targets": list(self.settings.targets)},
+            "seed": self.settings.seed, "gate": decision.to_json(),
+        }
+
+    def _remember(self, store: AdapterStore, started: float, result: RoundResult) -> None:
+        state = _read_state(store)
+        state["last_round_at"] = started
+        state["last_result"] = {
+            "at": started, "promoted": result.promoted, "version": result.version, "live": result.live,
+            "reason": result.decision.reason if result.decision else result.message,
+            "gate": result.decision.to_json() if result.decision else None,
+        }
+        _write_state(store, state)
+        for listener in self.listeners:
+            listener(result.user, result.pack, {"phase": "done", **state["last_result"]})
+
+    # ------------------------------------------------------------------ background
+    def start(self) -> None:
+        """Listen to the assistant's turns; rounds start by themselves when due."""
+        if self.notify not in self.assistant.listeners:
+            self.assistant.listeners.append(self.notify)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def notify(self, user: str, pack: str) -> None:
+        self._last_activity = time.monotonic()
+        if not self.settings.enabled or self._stop.is_set():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self.settings.idle_seconds, self._maybe_run, args=(user, pack))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _maybe_run(self, user: str, pack: str) -> None:
+        if self._stop.is_set() or (user, pack) in self._running:
+            return
+        if time.monotonic() - self._last_activity < self.settings.idle_seconds - 0.1:
+            return
+        if self.pending(user, pack) < self.settings.min_new_examples:
+            return
+        with self._lock:
+            try:
+                self.run_round(user, pack, should_stop=self._stop.is_set)
+            except AssistantError as exc:
+                for listener in self.listeners:
+                    listener(user, pack, {"phase": "failed", "error": str(exc)})
+            except Exception as exc:  # a background round must never take the app down
+                for listener in self.listeners:
+                    listener(user, pack, {"phase": "failed", "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _test_pause(name: str) -> None:
+    """Crash-safety tests set this to get a window in which to kill the process."""
+    seconds = os.environ.get(name)
+    if seconds:
+        marker = os.environ.get(name + "_MARKER")
+        if marker:
+            open(marker, "w").close()
+        time.sleep(float(seconds))

@@ -1,0 +1,147 @@
+"""LoRA training on the CPU (the only place that trains with peft).
+
+Creating an adapter and resuming one are separate paths: ``create`` wraps the base model in a
+fresh LoRA; ``resume`` loads a saved version with ``is_trainable=True`` and checks it really has
+trainable parameters. Training works on its own copy of the base weights, never on the weights
+serving replies, and stops at a step or time budget. Loss is on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from assistant.errors import AdapterError
+from personalization.dataset import Example
+
+
+@dataclass
+class Progress:
+    examples: int
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float:
+        return self.elapsed_s / max(1, self.step) * (self.total_steps - self.step)
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the peft model, adapter enabled
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    stopped: str  # "steps", "converged", "time", "cancelled"
+
+
+def lora_config(settings: Any):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=list(settings.targets), bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def create(base: Any, settings: Any):
+    """A new LoRA adapter around ``base`` (a float32 copy of the base model)."""
+    from peft import get_peft_model
+
+    return get_peft_model(base, lora_config(settings))
+
+
+def resume(base: Any, folder: Path):
+    """Continue training a saved adapter version."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise AdapterError(f"the adapter in {folder} loaded without trainable parameters; it cannot be resumed")
+    return model
+
+
+def encode(tokenizer: Any, render: Callable[..., list[int]], ex: Example, max_len: int) -> tuple[list[int], list[int]]:
+    """Input ids and labels (-100 on the context) for one example."""
+    prompt = render(ex.messages)
+    answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
+    end = render(ex.messages + [{"role": "assistant", "content": ex.answer}], add_generation_prompt=False)
+    # The tail of the rendered answer (end-of-turn marker) is learned too, so the model stops.
+    tail = end[len(prompt) + len(answer):] if end[: len(prompt)] == prompt else []
+    tail = tail[:2]
+    ids = prompt + answer + tail
+    labels = [-100] * len(prompt) + answer + tail
+    if len(ids) > max_len:  # keep the answer; cut the context from the left
+        cut = len(ids) - max_len
+        ids, labels = ids[cut:], labels[cut:]
+    return ids, labels
+
+
+def train(
+    model: Any, tokenizer: Any, render: Callable[..., list[int]], examples: Sequence[Example], settings: Any, *,
+    on_progress: Callable[[Progress], None] | None = None, should_pause: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, max_len: int = 384,
+) -> TrainResult:
+    """Plain AdamW over shuffled examples, one example per step; fixed seed."""
+    import torch
+
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    pairs = [(encode(tokenizer, render, ex, max_len), ex.source != "replay") for ex in examples]
+    pairs = [(e, own) for e, own in pairs if any(label != -100 for label in e[1])]
+    encoded = [e for e, _ in pairs]
+    is_own = [own for _, own in pairs]
+    if not encoded:
+        raise AdapterError("nothing to train on: no example has answer tokens")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    model.train()
+    total = settings.max_steps
+    t0 = time.perf_counter()
+    tokens = 0
+    order: list[int] = []
+    loss_ema = float("nan")
+    own_ema = float("nan")  # the loss on the user's own examples (not replay): early stopping
+    target = getattr(settings, "target_loss", 0.0)
+    stopped = "steps"
+    step = 0
+    for step in range(1, total + 1):
+        while should_pause is not None and should_pause():
+            time.sleep(0.05)  # a reply is being generated: it has the CPU
+        if should_stop is not None and should_stop():
+            stopped, step = "cancelled", step - 1
+            break
+        if time.perf_counter() - t0 > settings.time_budget_s:
+            stopped, step = "time", step - 1
+            break
+        if not order:
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+        index = order.pop()
+        ids, labels = encoded[index]
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        tokens += len(ids)
+        value = float(out.loss.detach())
+        loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
+        if is_own[index]:
+            own_ema = value if math.isnan(own_ema) else 0.7 * own_ema + 0.3 * value
+        if on_progress is not None:
+            on_progress(Progress(len(encoded), step, total, loss_ema, time.perf_counter() - t0))
+        # Once the user's examples are learned, more steps mostly cost general ability.
+        if target > 0 and step >= 10 and own_ema < target:
+            stopped = "converged"
+            break
+    model.eval()
+    return TrainResult(model, step, tokens, time.perf_counter() - t0, loss_ema, stopped)

@@ -1,0 +1,192 @@
+"""Learning on a tiny random Llama: dataset, trainer, adapter store, engine merge, gate, crash safety."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from assistant import settings as settings_mod
+from assistant.engine import Engine, GenParams
+from assistant.errors import AdapterError
+from personalization import dataset, gate, trainer
+from personalization.adapters import AdapterStore
+from personalization.journal import Journal, Turn, new_turn_id
+from tests.conftest import make_tiny_model
+
+SYSTEM = "You are a helpful assistant."
+
+
+def _turn(j, conv, message, reply, rating=None, correction=None):
+    t = Turn(id=new_turn_id(), conversation_id=conv, pack="general", created=time.time(), message=message,
+             prompt=[{"role": "system", "content": "old"}, {"role": "user", "content": message}], reply=reply)
+    j.record(t)
+    if rating:
+        j.rate(t.id, rating)
+    if correction:
+        j.correct(t.id, correction)
+    return j.turn(t.id)
+
+
+def test_dataset_from_journal(home):
+    j = Journal("ann")
+    conv = j.new_conversation("general").id
+    fixed = _turn(j, conv, "What is my cat called?", "Luna.", correction="Your cat is called Biscuit.")
+    liked = _turn(j, conv, "Say hi", "Hi!", rating=1)
+    _turn(j, conv, "Tell a joke", "No.", rating=-1)  # negative without correction: kept out
+    examples = dataset.from_turns(j.turns(), SYSTEM)
+    answers = {(e.source, e.answer) for e in examples}
+    assert ("correction", "Your cat is called Biscuit.") in answers
+    assert ("rating", "Hi!") in answers
+    assert not any(e.answer == "No." for e in examples)
+    assert all(e.messages[0]["content"] == SYSTEM for e in examples)
+    assert {e.turn_id for e in examples} == {fixed.id, liked.id}
+    j.delete_turns()
+    assert dataset.from_turns(j.turns(), SYSTEM) == []  # deleted entries never train again
+
+
+def test_facts_become_templated_questions_and_replay_is_mixed_in():
+    class M:
+        text, attribute = "I live in Lyon.", "residence"
+
+    examples = dataset.from_facts([M()], SYSTEM)
+    assert any(e.messages[-1]["content"] == "Where do I live?" and e.answer == "You live in Lyon." for e in examples)
+    seed = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(30)]
+    data = dataset.build([], [M()], seed, SYSTEM)
+    assert data.replay and all(e.source == "replay" for e in data.replay)
+    assert data.heldout  # too few to hold out: scored on the same examples, and marked so
+    assert not data.heldout_is_separate
+
+
+def test_loss_is_only_on_answer_tokens(tiny_engine):
+    ex = dataset.Example([{"role": "user", "content": "What is my cat called?"}], "Biscuit", "correction")
+    ids, labels = trainer.encode(tiny_engine.tokenizer, tiny_engine.render, ex, 384)
+    prompt_len = len(tiny_engine.render(ex.messages))
+    assert labels[:prompt_len] == [-100] * prompt_len
+    answer_ids = tiny_engine.tokenizer("Biscuit", add_special_tokens=False)["input_ids"]
+    assert labels[prompt_len:prompt_len + len(answer_ids)] == answer_ids
+
+
+def _settings(**kw):
+    s = settings_mod.load(env={}).learning
+    s.max_steps, s.learning_rate = kw.get("steps", 40), kw.get("lr", 5e-3)
+    return s
+
+
+def test_training_lowers_the_answer_loss_and_resume_is_a_separate_path(tiny_tokenizer, tmp_path):
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    ex = [dataset.Example([{"role": "user", "content": "cat?"}], "Paris", "correction")]
+    model = trainer.create(make_tiny_model(tiny_tokenizer), _settings())
+    before = gate.answer_loss(model, tiny_tokenizer, engine.render, ex)
+    result = trainer.train(model, tiny_tokenizer, engine.render, ex, _settings())
+    after = gate.answer_loss(model, tiny_tokenizer, engine.render, ex)
+    assert result.steps == 40 and after < before - 0.5
+    model.save_pretrained(tmp_path / "v")
+    resumed = trainer.resume(make_tiny_model(tiny_tokenizer), tmp_path / "v")
+    assert sum(p.numel() for p in resumed.parameters() if p.requires_grad) > 0
+    assert abs(gate.answer_loss(resumed, tiny_tokenizer, engine.render, ex) - after) < 1e-4
+
+
+def test_merged_adapter_changes_output_and_removing_it_restores_the_base_exactly(tiny_tokenizer, tmp_path, home):
+    import torch
+
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    ids = engine.render([{"role": "user", "content": "cat?"}])
+    with torch.inference_mode():
+        base_logits = engine.model(input_ids=torch.tensor([ids])).logits.clone()
+    model = trainer.create(make_tiny_model(tiny_tokenizer), _settings())
+    trainer.train(model, tiny_tokenizer, engine.render,
+                  [dataset.Example([{"role": "user", "content": "cat?"}], "Paris Paris", "correction")], _settings())
+    store = AdapterStore("ann", "general")
+    staged = store.staging_dir()
+    model.save_pretrained(str(staged))
+    version = store.publish(staged, {"gate": {}})
+    engine.set_adapter("ann/general/" + version, store.deltas(version, engine.model))
+    with torch.inference_mode():
+        adapted = engine.model(input_ids=torch.tensor([ids])).logits
+    assert not torch.allclose(adapted, base_logits)
+    engine.set_adapter(None, None)
+    with torch.inference_mode():
+        restored = engine.model(input_ids=torch.tensor([ids])).logits
+    assert torch.equal(restored, base_logits)
+
+
+def test_adapter_store_versions_rollback_prune(home, tmp_path, tiny_tokenizer):
+    store = AdapterStore("ann", "general")
+    model = trainer.create(make_tiny_model(tiny_tokenizer), _settings())
+    for loss in (3.0, 1.0, 2.0, 2.5):
+        staged = store.staging_dir()
+        model.save_pretrained(str(staged))
+        store.publish(staged, {"gate": {"candidate": {"user_loss": loss}}})
+    assert store.versions() == ["v0001", "v0002", "v0003", "v0004"] and store.current() == "v0004"
+    assert store.rollback() == "v0003" and store.current() == "v0003"
+    assert store.rollback("v0001") == "v0001"
+    assert store.rollback("none") is None and store.current() is None
+    store.set_current("v0004")
+    assert store.prune(1) == ["v0001", "v0003"]  # keeps the last one, the best (v0002) and the live one
+    with pytest.raises(AdapterError):
+        store.set_current("v0009")
+
+
+def test_gate_promotes_only_real_improvements_without_regressions():
+    s = settings_mod.load(env={}).learning
+    live = gate.Scores(user_loss=2.0, user_match=0.0, eval_loss=2.0, guard_ppl=20.0)
+    good = gate.Scores(user_loss=0.5, user_match=1.0, eval_loss=2.05, guard_ppl=20.5)
+    assert gate.decide(live, good, s, True).promote
+    assert not gate.decide(live, gate.Scores(2.0, 0.0, 2.0, 20.0), s, True).promote
+    poisoned = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=3.0, guard_ppl=20.0)
+    d = gate.decide(live, poisoned, s, True)
+    assert not d.promote and "eval" in d.reason
+    forgetful = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=2.0, guard_ppl=30.0)
+    assert not gate.decide(live, forgetful, s, True).promote
+    assert "REJECTED" in d.table()
+
+
+@pytest.mark.parametrize("moment", ["training", "saving"])
+def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_tokenizer, moment):
+    """Kill -9 the `assistant learn` process mid-training or mid-save: v0001 stays live and loadable."""
+    folder = tmp_path / "tiny"
+    make_tiny_model(tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    (home / "config.toml").write_text(
+        f'[model]\nname = "{folder}"\nprefill_dtype = "float32"\ndecode_dtype = "float32"\n'
+        f'[memory]\nenabled = false\n[learning]\nmax_steps = {100000 if moment == "training" else 3}\n'
+        "learning_rate = 0.005\neval_tolerance = 100.0\nguard_tolerance = 100.0\n"
+    )
+    j = Journal("ann")
+    conv = j.new_conversation("general").id
+    for i in range(5):
+        _turn(j, conv, f"question {i}?", "bad", correction=f"Paris {i}")
+    j.close()
+    store = AdapterStore("ann", "general")
+    model = trainer.create(make_tiny_model(tiny_tokenizer), _settings())
+    staged = store.staging_dir()
+    model.save_pretrained(str(staged))
+    store.publish(staged, {"gate": {}})
+    marker = tmp_path / "marker"
+    env = dict(os.environ, ASSISTANT_HOME=str(home))
+    if moment == "saving":
+        env.update(PA_TEST_PAUSE_BEFORE_PUBLISH="60", PA_TEST_PAUSE_BEFORE_PUBLISH_MARKER=str(marker))
+    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "learn", "--user", "ann", "--pack", "general"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    if moment == "saving":
+        while not marker.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no marker"
+        assert any(p.name.startswith(".staging-") for p in store.root.iterdir())  # the candidate was being saved
+    else:
+        line = ""
+        while "step" not in line and time.time() < deadline:
+            line = proc.stderr.read(64)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store.current() == "v0001"
+    assert store.versions() == ["v0001"]
+    engine = Engine.load(settings_mod.load(env={}))
+    engine.set_adapter("v0001", store.deltas("v0001", engine.model))
+    assert engine.stream(engine.render([{"role": "user", "content": "hi"}]), GenParams(temperature=0, max_new_tokens=3)).collect() is not None
+    store.clean_staging()  # the next round's start does this too
+    assert not any(p.name.startswith(".staging-") for p in store.root.iterdir())
