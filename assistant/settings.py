@@ -77,6 +77,7 @@ class LearningSettings:
     seed: int = 0
     guard_tolerance: float = 0.05  # relative guard-set perplexity rise allowed
     eval_tolerance: float = 0.10  # relative rise of the pack eval answers' loss allowed
+    eval_pass_tolerance: float = 0.07  # drop of the pack eval pass rate allowed (one probe in 16)
 
 
 @dataclass

@@ -374,6 +374,7 @@ class Runner:
 
     def _user(self, data: dict[str, Any], user: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         from assistant import paths
+        from personalization.adapters import live_for
 
         suite, pack, uid = data["name"], data["pack"], user["id"]
         saved = self.done(suite, uid)
@@ -394,9 +395,16 @@ class Runner:
         phases["learn"] = time.perf_counter() - t
         variants: dict[str, list[dict[str, Any]]] = {}
         decode = {"tokens": 0, "seconds": 0.0}
+        has_adapter = live_for(uid, pack) is not None
         for v in self.cfg.variants:
             t = time.perf_counter()
-            variants[v] = [self._probe(uid, pack, probe, v, decode, user_label=f"{uid}: {v}") for probe in user["probes"]]
+            same = {"adapter": "base", "memory+adapter": "memory"}.get(v)
+            if not has_adapter and same in variants:
+                # No adapter went live: same prompt, same weights, greedy -> the same answers.
+                variants[v] = [dict(p, reused_from=same) for p in variants[same]]
+            else:
+                variants[v] = [self._probe(uid, pack, probe, v, decode, user_label=f"{uid}: {v}")
+                               for probe in user["probes"]]
             phases[f"probe:{v}"] = time.perf_counter() - t
         t = time.perf_counter()
         forgetting = self._forgetting(uid, pack, learn, baseline)
@@ -521,13 +529,28 @@ class Runner:
 
 
 def run_bench(suite_paths: Sequence[str], cfg: BenchConfig, *, assistant: Any = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, report_only: bool = False) -> dict[str, Any]:
     """Validate the suites, run (or resume) the bench in ``cfg.out``, write the reports; return report.json."""
     from personalization import bench_report
 
     suites = load_suites(suite_paths)  # before anything touches the disk: a bad file fails fast
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if report_only:  # whatever is finished in cfg.out, nothing is run
+        from types import SimpleNamespace
+
+        runner = Runner(SimpleNamespace(settings=SimpleNamespace(learning=SimpleNamespace(), memory=SimpleNamespace())), cfg)
+        results = [r for _, d in suites for u in runner.selected(d) if (r := runner.done(d["name"], u["id"]))]
+        cross = {d["name"]: c for _, d in suites if (c := _read_json(cfg.out / "cross" / f"{d['name']}.json"))
+                 and c.get("key") == cfg.key()}
+        baseline = _read_json(cfg.out / "baseline.json") or {}
+        if not results:
+            raise BenchError(f"--report-only: no finished users in {cfg.out}/users for these settings")
+        report = bench_report.build(cfg, [d for _, d in suites], results, cross, baseline,
+                                    {"wall_s": sum(sum(r["phases_s"].values()) for r in results),
+                                     "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in results), "model": "?"})
+        bench_report.write(report, cfg.out)
+        return report
     if assistant is None:
         from assistant import settings as settings_mod
         from assistant.core import Assistant

@@ -19,7 +19,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.limit_users is not None and args.limit_users < 1:
         raise bench.BenchError("--limit-users: must be 1 or more")
-    report = bench.run_bench(args.suites, cfg, progress=not args.no_progress)
+    report = bench.run_bench(args.suites, cfg, progress=not args.no_progress, report_only=args.report_only)
     print(bench_report.table(report))
     cost = report["cost"]
     print(f"\nwall time {cost['wall_s']:.0f} s; reports in {cfg.out}/report.md, report.json, "
@@ -46,5 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="learning steps per user (default 30; --quick 20)")
     p.add_argument("--time-budget", type=float, default=None, help="training seconds per user (default 40; --quick 25)")
     p.add_argument("--eval-limit", type=int, default=None, help="pack eval probes for forgetting (default 10; --quick 5)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the reports from the users already finished in --out; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=cmd_bench)

@@ -26,6 +26,7 @@ class Example:
     source: str  # "correction", "rating", "fact", "replay"
     turn_id: str = ""
     weight: float = 1.0
+    expect_any: list[str] = field(default_factory=list)  # eval probes: keywords a right answer contains
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps([self.messages, self.answer]).encode()).hexdigest()[:16]

@@ -27,6 +27,7 @@ class Scores:
     user_match: float
     eval_loss: float
     guard_ppl: float
+    eval_pass: float = float("nan")  # greedy answers to the pack's eval probes containing an expected keyword
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Decision:
         rows = [("user held-out loss (lower is better)", "user_loss", "{:.3f}"),
                 ("user held-out answer match", "user_match", "{:.0%}"),
                 ("pack eval answer loss", "eval_loss", "{:.3f}"),
+                ("pack eval pass rate (greedy answers)", "eval_pass", "{:.0%}"),
                 ("guard-set perplexity", "guard_ppl", "{:.2f}")]
         lines = [f"{'':40} {'live':>10} {'candidate':>10}"]
         for label, key, fmt in rows:
@@ -55,14 +57,15 @@ class Decision:
                 "candidate": asdict(self.candidate), "heldout_is_separate": self.heldout_is_separate}
 
 
-def guard_texts(limit: int = 40) -> list[str]:
+def guard_texts(limit: int = 24) -> list[str]:
     path = repo_data_dir() / "guard" / "guard.jsonl"
     return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()][:limit]
 
 
-def eval_examples(probes: Sequence[dict[str, Any]], system: str, limit: int = 24) -> list[Example]:
+def eval_examples(probes: Sequence[dict[str, Any]], system: str, limit: int = 16) -> list[Example]:
     chosen = [p for p in probes if p.get("answer")][:limit]
-    return [Example([{"role": "system", "content": system}, {"role": "user", "content": p["ask"]}], p["answer"], "eval")
+    return [Example([{"role": "system", "content": system}, {"role": "user", "content": p["ask"]}], p["answer"], "eval",
+                    expect_any=list(p.get("expect_any", [])))
             for p in chosen]
 
 
@@ -111,42 +114,87 @@ def matches(answer: str, reference: str, question: str = "") -> bool:
     return len(want & _content(answer)) / len(want) >= 0.6
 
 
+def _greedy(model: Any, tokenizer: Any, render: Callable[..., list[int]], ex: Example, eos_ids: set[int],
+            max_new_tokens: int) -> str:
+    import torch
+
+    ids = render(ex.messages)
+    out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(eos_ids),
+                         pad_token_id=sorted(eos_ids)[0], repetition_penalty=1.1)
+    return tokenizer.decode(out[0][len(ids):], skip_special_tokens=True)
+
+
 def answer_match(model: Any, tokenizer: Any, render: Callable[..., list[int]], examples: Sequence[Example],
                  eos_ids: set[int], max_new_tokens: int = 32) -> float:
     import torch
 
     if not examples:
         return float("nan")
-    hits = 0
     with torch.inference_mode():
-        for ex in examples:
-            ids = render(ex.messages)
-            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(eos_ids),
-                                 pad_token_id=sorted(eos_ids)[0])
-            text = tokenizer.decode(out[0][len(ids):], skip_special_tokens=True)
-            hits += matches(text, ex.answer, ex.messages[-1]["content"])
+        hits = sum(matches(_greedy(model, tokenizer, render, ex, eos_ids, max_new_tokens), ex.answer,
+                           ex.messages[-1]["content"]) for ex in examples)
     return hits / len(examples)
 
 
+def eval_pass_rate(model: Any, tokenizer: Any, render: Callable[..., list[int]], examples: Sequence[Example],
+                   eos_ids: set[int], max_new_tokens: int = 48) -> float:
+    import torch
+
+    probes = [ex for ex in examples if ex.expect_any]
+    if not probes:
+        return float("nan")
+    with torch.inference_mode():
+        hits = 0
+        for ex in probes:
+            answer = _greedy(model, tokenizer, render, ex, eos_ids, max_new_tokens).lower()
+            hits += any(k.lower() in answer for k in ex.expect_any)
+    return hits / len(probes)
+
+
 def score(model: Any, tokenizer: Any, render: Callable[..., list[int]], heldout: Sequence[Example],
-          evals: Sequence[Example], guard: Sequence[str], eos_ids: set[int]) -> Scores:
+          evals: Sequence[Example], guard: Sequence[str], eos_ids: set[int],
+          general: tuple[float, float, float] | None = None) -> Scores:
+    """All the numbers; ``general`` (eval loss, guard perplexity, eval pass rate) skips those that
+    do not depend on the user, when they are already known for these weights."""
+    if general is None:
+        general = (answer_loss(model, tokenizer, render, evals), perplexity(model, tokenizer, guard),
+                   eval_pass_rate(model, tokenizer, render, evals, eos_ids))
     return Scores(
         user_loss=answer_loss(model, tokenizer, render, heldout),
         user_match=answer_match(model, tokenizer, render, heldout, eos_ids),
-        eval_loss=answer_loss(model, tokenizer, render, evals),
-        guard_ppl=perplexity(model, tokenizer, guard),
+        eval_loss=general[0],
+        guard_ppl=general[1],
+        eval_pass=general[2],
     )
+
+
+def fingerprint(evals: Sequence[Example], guard: Sequence[str]) -> str:
+    """Identifies the eval and guard sets, so scores measured on them can be reused."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for ex in evals:
+        h.update(ex.key().encode())
+    for text in guard:
+        h.update(text.encode())
+    return h.hexdigest()[:16]
 
 
 def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool, min_gain: float = 0.02) -> Decision:
     """Apply the promotion rule to two sets of scores."""
     improved = cand.user_loss < live.user_loss * (1 - min_gain) or cand.user_match > live.user_match
-    eval_ok = cand.eval_loss <= live.eval_loss * (1 + max(settings.eval_tolerance, 0.0)) + 1e-9 or math.isnan(live.eval_loss)
+    loss_ok = cand.eval_loss <= live.eval_loss * (1 + max(settings.eval_tolerance, 0.0)) + 1e-9 or math.isnan(live.eval_loss)
+    pass_ok = (math.isnan(live.eval_pass) or math.isnan(cand.eval_pass)
+               or cand.eval_pass >= live.eval_pass - settings.eval_pass_tolerance - 1e-9)
+    eval_ok = loss_ok and pass_ok
     guard_ok = cand.guard_ppl <= live.guard_ppl * (1 + settings.guard_tolerance)
     if not improved:
         reason = "no improvement on the user's held-out examples"
-    elif not eval_ok:
+    elif not pass_ok:
+        reason = (f"the pack's eval answers got worse (pass rate {live.eval_pass:.0%} -> {cand.eval_pass:.0%}, "
+                  f"tolerance {settings.eval_pass_tolerance:.0%})")
+    elif not loss_ok:
         reason = (f"the pack's eval answers got worse (loss {live.eval_loss:.3f} -> {cand.eval_loss:.3f}, "
                   f"tolerance {settings.eval_tolerance:.0%})")
     elif not guard_ok:

@@ -88,6 +88,7 @@ class Learner:
         self._last_activity = time.monotonic()
         self._timer: threading.Timer | None = None
         self._stop = threading.Event()
+        self._base_general: dict[tuple[str, str, str], tuple[float, float, float]] = {}
         self.listeners: list[Callable[[str, str, Any], None]] = []  # (user, pack, event) for UIs
 
     # ------------------------------------------------------------------ what is pending
@@ -188,12 +189,19 @@ class Learner:
             self._running[key] = {"phase": "gating"}
             evals = gate_mod.eval_examples(pack.eval_probes(), system)
             guard = gate_mod.guard_texts()
+            sets = gate_mod.fingerprint(evals, guard)
             cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+            # The live side's eval loss and guard perplexity do not depend on the user's data:
+            # reuse them from the live version's meta.json, or from the base model's cache.
+            known = self._known_general(engine, pack_id, source, sets)
             if source:
-                live_scores = self._score_live(engine, source[0], source[1], data, evals, guard)
+                live_scores = self._score_live(engine, source[0], source[1], data, evals, guard, known)
             else:
                 with model.disable_adapter():
-                    live_scores = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+                    live_scores = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard,
+                                                 engine.eos_ids, known)
+                self._base_general[(engine.name, pack_id, sets)] = (live_scores.eval_loss, live_scores.guard_ppl,
+                                                                    live_scores.eval_pass)
             decision = gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate)
             version = None
             if decision.promote:
@@ -202,7 +210,9 @@ class Learner:
                 model.save_pretrained(str(staged))
                 _test_pause("PA_TEST_PAUSE_BEFORE_PUBLISH")
                 parent = f"{source[0].user}/{source[1]}" if source else None
-                version = store.publish(staged, self._meta(engine, data, result, decision, parent))
+                meta = self._meta(engine, data, result, decision, parent)
+                meta["gate_sets"] = sets
+                version = store.publish(staged, meta)
                 live = version
                 keep = self.settings.keep_versions
                 if keep > 0:
@@ -228,13 +238,26 @@ class Learner:
         torch.manual_seed(self.settings.seed)
         return model
 
-    def _score_live(self, engine: Any, store: AdapterStore, live: str, data: Any, evals: Any, guard: Any) -> gate_mod.Scores:
+    def _known_general(self, engine: Any, pack_id: str, source: Any, sets: str) -> tuple[float, float, float] | None:
+        if source is None:
+            return self._base_general.get((engine.name, pack_id, sets))
+        try:
+            meta = source[0].meta(source[1])
+        except AssistantError:
+            return None
+        cand = meta.get("gate", {}).get("candidate", {})
+        if meta.get("gate_sets") == sets and all(k in cand for k in ("eval_loss", "guard_ppl", "eval_pass")):
+            return float(cand["eval_loss"]), float(cand["guard_ppl"]), float(cand["eval_pass"])
+        return None
+
+    def _score_live(self, engine: Any, store: AdapterStore, live: str, data: Any, evals: Any, guard: Any,
+                    known: tuple[float, float, float] | None) -> gate_mod.Scores:
         from peft import PeftModel
 
         base = self._base_model(engine)
         model = PeftModel.from_pretrained(base, str(store.path(live)))
         model.eval()
-        return gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+        return gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids, known)
 
     def _meta(self, engine: Any, data: Any, result: Any, decision: Any, parent: str | None) -> dict[str, Any]:
         libs = {}

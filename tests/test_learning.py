@@ -139,6 +139,9 @@ def test_gate_promotes_only_real_improvements_without_regressions():
     poisoned = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=3.0, guard_ppl=20.0)
     d = gate.decide(live, poisoned, s, True)
     assert not d.promote and "eval" in d.reason
+    wrong_answers = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=1.9, guard_ppl=20.0, eval_pass=0.0)
+    d2 = gate.decide(gate.Scores(2.0, 0.0, 2.0, 20.0, eval_pass=0.3), wrong_answers, s, True)
+    assert not d2.promote and "pass rate" in d2.reason  # poisoned answers caught even when the loss looks fine
     forgetful = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=2.0, guard_ppl=30.0)
     assert not gate.decide(live, forgetful, s, True).promote
     assert "REJECTED" in d.table()

@@ -6,7 +6,7 @@ from assistant import settings as settings_mod
 from assistant.core import Assistant
 from assistant.engine import GenParams
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.timeout(2400)]
 
 TAUGHT = "Your cat is called Biscuit."
 TRAIN_PHRASINGS = ["What is my cat's name?", "What's my cat called?", "Do you know what my cat is called?",

@@ -63,6 +63,7 @@ def test_validate_reports_every_problem_with_file_line_and_key(tmp_path):
     root = copy_pack("general", tmp_path)
     toml = (root / "pack.toml").read_text().replace("persona =", "persona_promt =")
     (root / "pack.toml").write_text(toml)
+    lines = len((root / "train.jsonl").read_text().splitlines())
     with (root / "train.jsonl").open("a") as fh:
         fh.write("{not json\n")
         fh.write(json.dumps({"id": "general-train-001", "prompt": "x", "answer": "y"}) + "\n")
@@ -72,8 +73,8 @@ def test_validate_reports_every_problem_with_file_line_and_key(tmp_path):
     text = "\n".join(problems)
     assert "pack.toml line" in text and "persona_promt" in text and "unknown key" in text
     assert "`persona`: missing required field" in text
-    assert re.search(r"train.jsonl line 3: not valid JSON", text)
-    assert re.search(r"train.jsonl line 4: `id`: duplicate id", text)
+    assert re.search(rf"train.jsonl line {lines + 1}: not valid JSON", text)
+    assert re.search(rf"train.jsonl line {lines + 2}: `id`: duplicate id", text)
     assert "knowledge: empty" in text
     with pytest.raises(PackError, match="persona_promt"):
         packs.load(root)

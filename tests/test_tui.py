@@ -74,6 +74,7 @@ def make(engine=None, memory=False, keys=None, **kw):
     if keys:
         settings.tui.keys = keys
     assistant = Assistant(settings, engine=engine or FakeEngine())
+    kw.setdefault("onboarding", False)  # the onboarding tests below pass None (decide by itself)
     return make_app(settings, assistant, **kw)
 
 
@@ -141,7 +142,7 @@ async def test_first_frame_does_not_wait_for_model_and_typing_works():
     original = engine_mod.Engine.load
     engine_mod.Engine.load = staticmethod(slow_load)
     try:
-        app = make_app(settings, Assistant(settings))
+        app = make_app(settings, Assistant(settings), onboarding=False)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             assert "loading" in str(app.query_one("#status").render())
@@ -405,6 +406,267 @@ def test_cli_registers_tui_subcommand():
     assert args.cmd == "tui" and args.user == "carol" and args.pack == "general"
 
 
+# ------------------------------------------------------------------------------ learning panel
+GATE = {"promote": False, "reason": "the candidate did not beat the live adapter on held-out loss",
+        "live": {"user_loss": 1.25, "user_match": 0.5, "eval_loss": 2.0, "guard_ppl": 30.0},
+        "candidate": {"user_loss": 1.5, "user_match": 0.25, "eval_loss": 2.1, "guard_ppl": 31.0},
+        "heldout_is_separate": True}
+
+
+def publish_tiny(tokenizer, user, pack, loss=1.0):
+    """A saved tiny LoRA published as the next version of ``user``/``pack``."""
+    from assistant import settings as settings_mod
+    from personalization import trainer
+    from personalization.adapters import AdapterStore
+    from tests.conftest import make_tiny_model
+
+    store = AdapterStore(user, pack)
+    model = trainer.create(make_tiny_model(tokenizer), settings_mod.load(env={}).learning)
+    staged = store.staging_dir()
+    model.save_pretrained(str(staged))
+    return store.publish(staged, {"steps": 7, "examples": 3, "created": time.time(),
+                                  "gate": {"candidate": {"user_loss": loss}, "reason": "better"}})
+
+
+def panel_text(app, selector) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+async def send_from_thread(app, user, pack, event):
+    """Deliver ``event`` the way the learner does: every listener, called from another thread."""
+    import asyncio
+    import threading
+
+    def deliver():
+        for listener in list(app.assistant.learner.listeners):
+            listener(user, pack, event)
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    await asyncio.to_thread(thread.join)
+
+
+async def test_learning_panel_pending_versions_gate_and_rollback(tiny_tokenizer):
+    from personalization.adapters import AdapterStore
+    from personalization.learner import _write_state
+    from tui.screens import LearningScreen
+
+    app = make(FakeEngine(["Paris."]), user="ann", pack="general")
+    store = AdapterStore("ann", "general")
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.assistant.learner.notify in app.assistant.listeners  # learner.start() ran on mount
+        assert "0/4 new examples" in str(app.query_one("#learning").render())
+        await ask(app, pilot, "What is the capital of France?")  # (the fake engine cannot merge adapters)
+        await pilot.press("ctrl+g")  # +1: one pending example
+        await pilot.pause()
+        assert "1/4 new examples" in str(app.query_one("#learning").render())
+        v1 = publish_tiny(tiny_tokenizer, "ann", "general", loss=1.5)
+        v2 = publish_tiny(tiny_tokenizer, "ann", "general", loss=1.25)
+        _write_state(store, {"last_result": {"at": time.time(), "promoted": False, "version": None, "live": v2,
+                                             "reason": GATE["reason"], "gate": GATE}})
+        assert store.current() == v2
+        await pilot.press("f5")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, LearningScreen)
+        status = panel_text(app, "#learn-status")
+        assert "1 new example" in status and v2 in status
+        assert screen.version_ids == ["none", v2, v1]
+        options = screen.query_one("#versions")
+        assert options.highlighted == 1  # the live one
+        assert "●" in str(options.get_option_at_index(1).prompt)
+        # the last gate result
+        assert "REJECTED" in panel_text(app, "#learn-verdict")
+        table = screen.query_one("#gate-table")
+        assert table.get_row("user_loss")[1:] == ["1.250", "1.500"]
+        assert table.get_row("user_match")[1:] == ["50%", "25%"]
+        assert table.get_row("guard_ppl")[1:] == ["30.00", "31.00"]
+        # roll back to v1 (enter on the highlighted version), then to the base model (ctrl+o)
+        options.highlighted = screen.version_ids.index(v1)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert store.current() == v1
+        assert v1 in panel_text(app, "#learn-status")
+        options.highlighted = 0
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert store.current() is None
+        assert any("base model" in n.message for n in app._notifications)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, LearningScreen)
+        assert "1/4 new examples · base model" in str(app.query_one("#learning").render())
+
+
+async def test_learning_events_from_the_listener_update_panel_and_notify():
+    from tui.screens import LearningScreen
+
+    app = make(user="ann", pack="general")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await pilot.pause()
+        assert isinstance(app.screen, LearningScreen)
+        await send_from_thread(app, "ann", "general", {"phase": "training", "step": 3, "steps": 10, "loss": 1.234,
+                                                       "eta_s": 12.0, "examples": 6})
+        await pilot.pause()
+        await pilot.pause()
+        phase = panel_text(app, "#learn-phase")
+        assert "step 3/10" in phase and "1.234" in phase
+        bar = app.screen.query_one("#learn-progress")
+        assert bar.display and bar.total == 10 and bar.progress == 3
+        assert "step 3/10" in str(app.query_one("#learning").render())  # the sidebar follows too
+        await send_from_thread(app, "ann", "general", {"phase": "gating"})
+        await pilot.pause()
+        assert "checking" in panel_text(app, "#learn-phase")
+        await send_from_thread(app, "ann", "general", {"phase": "done", "promoted": False, "version": None,
+                                                       "live": None, "reason": GATE["reason"], "gate": GATE})
+        await pilot.pause()
+        await pilot.pause()
+        assert "not promoted" in panel_text(app, "#learn-phase")
+        assert any("rejected" in n.message for n in app._notifications)
+        await send_from_thread(app, "ann", "general", {"phase": "failed", "error": "out of memory"})
+        await pilot.pause()
+        await pilot.pause()
+        assert any("out of memory" in n.message and n.severity == "error" for n in app._notifications)
+    assert app._learning_listener not in app.assistant.learner.listeners  # removed when the app closed
+
+
+async def test_learn_now_runs_in_a_worker_and_shows_the_result(monkeypatch):
+    import threading
+
+    from personalization.gate import Decision, Scores
+    from personalization.learner import RoundResult
+    from tui.screens import LearningScreen
+
+    app = make(user="ann", pack="general")
+    learner = app.assistant.learner
+    calls = []
+    release = threading.Event()
+
+    def fake_round(user, pack, **kw):
+        calls.append((user, pack, threading.current_thread() is threading.main_thread()))
+        for listener in list(learner.listeners):
+            listener(user, pack, {"phase": "training", "step": 1, "steps": 2, "loss": 0.5, "eta_s": 1.0, "examples": 4})
+        release.wait(5)
+        decision = Decision(True, "the candidate beat the live adapter", Scores(1.2, 0.5, 2.0, 30.0),
+                            Scores(0.9, 0.75, 2.0, 30.1), True)
+        for listener in list(learner.listeners):  # the real learner reports "done" too: shown once
+            listener(user, pack, {"phase": "done", "promoted": True, "version": "v0001", "live": "v0001",
+                                  "reason": decision.reason, "gate": decision.to_json()})
+        return RoundResult(user, pack, True, "v0001", "v0001", decision, 4, 2, 1.0, 100, 1.5)
+
+    monkeypatch.setattr(learner, "run_round", fake_round)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await pilot.pause()
+        assert isinstance(app.screen, LearningScreen)
+        await pilot.press("ctrl+l")
+        for _ in range(50):
+            await pilot.pause(0.02)
+            if "step 1/2" in panel_text(app, "#learn-phase"):
+                break
+        assert "step 1/2" in panel_text(app, "#learn-phase")  # the UI is live while the round runs
+        await pilot.press("ctrl+l")  # a second one is refused
+        await pilot.pause()
+        assert any("already running" in n.message for n in app._notifications)
+        release.set()
+        await wait_idle(app, pilot)
+        assert calls == [("ann", "general", False)]
+        assert "v0001 promoted" in panel_text(app, "#learn-phase")
+        done = [n for n in app._notifications if "v0001 is now live" in n.message]
+        assert len(done) == 1
+
+        def broken(user, pack, **kw):
+            raise RuntimeError("no GPU memory left")
+
+        monkeypatch.setattr(learner, "run_round", broken)
+        await pilot.press("ctrl+l")
+        await wait_idle(app, pilot)
+        assert any("no GPU memory left" in n.message and n.severity == "error" for n in app._notifications)
+        assert "failed" in panel_text(app, "#learn-phase")
+        assert app.is_running
+
+
+# ------------------------------------------------------------------------------ onboarding
+async def test_onboarding_on_first_run_creates_the_chat(home):
+    from tui.screens import OnboardingScreen
+    from tui.widgets import NoteMessage, StarterQuestion
+
+    app = make(onboarding=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, OnboardingScreen)
+        assert app.chat is None
+        pack_ids = screen.pack_ids
+        assert "chef" in pack_ids
+        assert "home-cooking" in str(screen.query_one("#onboard-packs").get_option("chef").prompt)
+        # an invalid name is refused inline
+        screen.query_one("#onboard-name").value = "no spaces please"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, OnboardingScreen)
+        assert "invalid user name" in str(screen.query_one("#onboard-error").render())
+        await pilot.press("ctrl+r", "ctrl+g")  # chat keys do nothing here
+        await pilot.pause()
+        screen.query_one("#onboard-name").value = "alice"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert str(screen.query_one("#onboard-error").render()) == ""
+        assert screen.query_one("#onboard-packs").has_focus
+        screen.query_one("#onboard-packs").highlighted = pack_ids.index("chef")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, OnboardingScreen)
+        assert app.chat.user == "alice" and app.chat.pack.id == "chef"
+        assert "alice" in str(app.query_one("#who").render())
+        notes = [str(n.render()) for n in app.query(NoteMessage)]
+        assert sum(app.chat.pack.disclaimer in n for n in notes) == 1
+        starters = [s.question for s in app.query(StarterQuestion)]
+        assert starters and starters[0] == app.chat.pack.starter_questions[0]
+        await pilot.click(StarterQuestion)
+        await pilot.pause()
+        assert app.query_one("#prompt").value == starters[0]
+        await ask(app, pilot, "What temperature should chicken reach?")
+        assert app.chat.journal.turns()[0].pack == "chef"
+    assert (home / "users" / "alice").is_dir()
+    # the next start (no --user / --pack) goes straight to alice's chat
+    again = make(onboarding=None)
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert not isinstance(again.screen, OnboardingScreen)
+        assert again.chat.user == "alice" and again.chat.pack.id == "chef"
+
+
+async def test_onboarding_skipped_when_user_and_pack_are_given_or_users_exist(home):
+    from tui.screens import OnboardingScreen
+
+    app = make(onboarding=None, user="bob", pack="general")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert not isinstance(app.screen, OnboardingScreen)
+        assert app.chat.user == "bob"
+    (home / "users").mkdir(exist_ok=True)
+    other = make(onboarding=None)  # bob exists now: no onboarding, the configured user
+    async with other.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert not isinstance(other.screen, OnboardingScreen)
+        assert other.chat.user == "me"
+
+
+async def test_onboarding_with_only_user_given_prefills_the_name():
+    from tui.screens import OnboardingScreen
+
+    app = make(onboarding=None, user="carol")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, OnboardingScreen)
+        assert app.screen.query_one("#onboard-name").value == "carol"
+        await pilot.click("#onboard-start")
+        await pilot.pause()
+        assert app.chat.user == "carol" and app.chat.pack.id == "general"
+
+
 @pytest.mark.real
 async def test_real_model_answers_capital(real_engine):
     from tui.app import make_app
@@ -412,7 +674,7 @@ async def test_real_model_answers_capital(real_engine):
     settings = Settings()
     settings.memory.enabled = False
     settings.generation.temperature = 0
-    app = make_app(settings, Assistant(settings, engine=real_engine))
+    app = make_app(settings, Assistant(settings, engine=real_engine), onboarding=False)
     async with app.run_test(size=SIZE) as pilot:
         await ask(app, pilot, "What is the capital of France?")
         assert "Paris" in log_text(app)

@@ -85,6 +85,22 @@ class NoteMessage(Static):
         super().__init__(text, markup=False, classes="message note")
 
 
+class StarterQuestion(Static):
+    """A pack's starter question; a click puts it in the prompt."""
+
+    class Chosen(Message):
+        def __init__(self, question: str) -> None:
+            super().__init__()
+            self.question = question
+
+    def __init__(self, question: str) -> None:
+        super().__init__("› " + question, markup=False, classes="message starter")
+        self.question = question
+
+    def on_click(self) -> None:
+        self.post_message(self.Chosen(self.question))
+
+
 class ChatLog(VerticalScroll):
     """The scrolling conversation; it stays anchored to the bottom while answers stream."""
 
@@ -139,5 +155,7 @@ class Sidebar(Vertical):
             yield Static("", id="status")
         yield Static("Memories used", classes="section")
         yield Static("[dim]none[/]", id="memories")
+        yield Static("Learning", classes="section")
+        yield Static("", id="learning")
         yield Static("Keys", classes="section")
         yield Static("", id="hints")

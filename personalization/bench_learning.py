@@ -1,0 +1,66 @@
+"""Learning benchmark: prints numbers, asserts nothing.
+
+    python -m personalization.bench_learning [--corrections 8] [--pack chef]
+
+In a scratch data directory (reusing the converted default model when there is one), a user
+corrects the same fact in N phrasings with memory off, then one learning round runs. Printed:
+training tokens/s, steps and why training stopped, time from the last correction to the
+promoted adapter, the gate's table, adapter size on disk and peak RSS during the round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+PHRASINGS = ["What is my cat's name?", "What's my cat called?", "Do you know what my cat is called?",
+             "Remind me of my cat's name.", "What name did I give my cat?", "Tell me my cat's name.",
+             "What do I call my cat?", "My cat's name is what?"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="learning benchmark")
+    parser.add_argument("--corrections", type=int, default=8)
+    parser.add_argument("--pack", default="chef")
+    args = parser.parse_args()
+    from assistant import paths
+
+    models = paths.models_dir()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ["ASSISTANT_HOME"] = scratch
+        if models.is_dir():
+            (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
+        from assistant import settings as settings_mod
+        from assistant.core import Assistant
+        from personalization.adapters import AdapterStore
+
+        assistant = Assistant(settings_mod.load(env={}))
+        _ = assistant.engine
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for q in (PHRASINGS * 4)[: args.corrections]:
+            chat = assistant.chat("bench", args.pack, use_memory=False)
+            chat.send(q, temperature=0, max_new_tokens=8).collect()
+            chat.correct("Your cat is called Biscuit.")
+        t_correction = time.perf_counter()
+        result = assistant.learner.run_round("bench", args.pack)
+        to_promotion = time.perf_counter() - t_correction
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(result.table())
+        print(f"training: {result.train_tokens / max(result.train_seconds, 1e-9):.0f} tokens/s, {result.steps} steps "
+              f"({result.stopped}), {result.train_seconds:.1f} s")
+        if result.promoted:
+            folder = AdapterStore("bench", args.pack).path(result.version)
+            size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+            print(f"time from the last correction to the promoted adapter: {to_promotion:.1f} s")
+            print(f"adapter size on disk: {size:.2f} MB ({folder.name})")
+        else:
+            print(f"not promoted; the round took {to_promotion:.1f} s")
+        print(f"peak RSS: {rss_after:.0f} MB (before the round: {rss_before:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
