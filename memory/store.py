@@ -13,6 +13,17 @@ Forgetting rebuilds the store without the forgotten rows in a new folder and swa
 rename: chromadb keeps deleted documents in its SQLite log and free pages, and a rebuild is the
 one way through its public API to leave no trace. A crash mid-way leaves the old or the new
 folder, never half (see ``_recover``).
+
+The rebuilt store is written by a fresh child process that is handed only the kept rows (through
+a pipe). chromadb's HNSW library writes its whole, partly uninitialised, ``malloc``ed level-0
+buffer to ``data_level0.bin`` (and ``length.bin``) when it *creates* an index, so whatever the
+writing process once had on its heap can land in that file; a process that never saw the
+forgotten text cannot leak it. chromadb also re-creates an index at every open until it has
+persisted it once (its ``index_metadata.pickle``); collections are therefore made with a sync
+threshold of 2 and the child makes sure the index is persisted, so later processes (this one
+after the swap included) load the index from disk and only ever write initialised elements.
+An empty store has no index (reading it creates none); the first add to it goes through the
+same child, and an older store with an unpersisted index is rebuilt once when opened.
 """
 
 from __future__ import annotations
@@ -21,7 +32,10 @@ import json
 import math
 import os
 import re
+import pickle
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -36,6 +50,12 @@ SCHEMA_VERSION = 1
 COLLECTION = "memories"
 KINDS = ("fact", "preference", "episode", "knowledge")
 _KIND_WEIGHT = {"fact": 0.05, "preference": 0.05, "episode": -0.08, "knowledge": 0.0}
+# chromadb persists its HNSW index (and stops re-creating it at each open) once this many log
+# records were applied since the last persist; 2 is the smallest value it accepts.
+_SYNC_THRESHOLD = 2
+_INDEX_MARKER = "index_metadata.pickle"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from memory.store import _build_child; _build_child()"
 _EPISODE_QUERY = re.compile(r"\b(talk(ed)? about|discuss(ed)?|last time|earlier|before|previous(ly)?|remember when)\b", re.I)
 
 
@@ -98,6 +118,7 @@ class VectorCollection:
         self.root = root
         self.embedder = embedder
         self._lock = threading.RLock()
+        self._indexed = False  # known to have a persisted HNSW index (see ``add``)
         _recover(root)
         try:
             self._client = _client(root)
@@ -111,26 +132,47 @@ class VectorCollection:
             ) from exc
 
     def _meta(self) -> dict[str, Any]:
-        return {"hnsw:space": "cosine", "embedder": self.embedder.id, "dim": self.embedder.dim, "schema": SCHEMA_VERSION}
+        return {
+            "hnsw:space": "cosine", "hnsw:sync_threshold": _SYNC_THRESHOLD, "embedder": self.embedder.id,
+            "dim": self.embedder.dim, "schema": SCHEMA_VERSION,
+        }
 
-    def _open(self):
+    def _attach(self):
         col = self._client.get_or_create_collection(COLLECTION, metadata=self._meta(), embedding_function=None)
         meta = col.metadata or {}
         if meta.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
             raise MemoryStoreError(f"{self.root} was written by a newer version; upgrade this program")
-        if meta.get("embedder") != self.embedder.id or meta.get("dim") != self.embedder.dim:
-            col = self._reembed(col)
         return col
 
-    def _reembed(self, old):
-        rows = old.get(include=["documents", "metadatas"])
-        self._client.delete_collection(COLLECTION)
-        col = self._client.create_collection(COLLECTION, metadata=self._meta(), embedding_function=None)
-        ids, docs, metas = rows["ids"], rows["documents"], rows["metadatas"]
-        for i in range(0, len(ids), 512):
-            chunk = docs[i : i + 512]
-            col.add(ids=ids[i : i + 512], documents=chunk, metadatas=metas[i : i + 512], embeddings=self.embedder.embed(chunk))
-        return col
+    def _open(self):
+        col = self._col = self._attach()
+        meta = col.metadata or {}
+        if meta.get("embedder") != self.embedder.id or meta.get("dim") != self.embedder.dim:
+            self._reembed(col)
+        elif col.count() and not _index_persisted(self.root, col):
+            # Written before the index was persisted eagerly: have a clean child process create
+            # the index, or this process would (with its heap in it) at every open.
+            self._rebuild(self._rows(col, col.get(include=[])["ids"], with_embeddings=True))
+        return self._col
+
+    def _reembed(self, old) -> None:
+        rows = self._rows(old, old.get(include=[])["ids"], with_embeddings=False)
+        docs = rows["documents"]
+        rows["embeddings"] = [v for i in range(0, len(docs), 512) for v in self.embedder.embed(docs[i : i + 512])]
+        self._rebuild(rows)
+
+    @staticmethod
+    def _rows(col, ids: Sequence[str], with_embeddings: bool) -> dict[str, list]:
+        include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
+        out: dict[str, list] = {"ids": [], "documents": [], "metadatas": [], "embeddings": []}
+        for s in range(0, len(ids), 1000):
+            got = col.get(ids=list(ids[s : s + 1000]), include=include)
+            out["ids"] += got["ids"]
+            out["documents"] += got["documents"]
+            out["metadatas"] += got["metadatas"]
+            if with_embeddings:
+                out["embeddings"] += [[float(x) for x in v] for v in got["embeddings"]]
+        return out
 
     def count(self) -> int:
         with self._lock:
@@ -141,6 +183,20 @@ class VectorCollection:
             return
         with self._lock:
             vectors = embeddings if embeddings is not None else self.embedder.embed([m.text for m in memories])
+            self._indexed = self._indexed or _index_persisted(self.root, self._col)
+            if not self._indexed:
+                # No vector index yet (a new or emptied store): chromadb would create it here,
+                # writing this process's uninitialised heap into it; a clean child does instead.
+                rows = self._rows(self._col, self._col.get(include=[])["ids"], with_embeddings=True)
+                fresh = {m.id for m in memories}
+                kept = [i for i, mid in enumerate(rows["ids"]) if mid not in fresh]
+                rows = {k: [v[i] for i in kept] for k, v in rows.items()}
+                rows["ids"] += [m.id for m in memories]
+                rows["documents"] += [m.text for m in memories]
+                rows["metadatas"] += [m.metadata() for m in memories]
+                rows["embeddings"] += [[float(x) for x in v] for v in vectors]
+                self._rebuild(rows)
+                return
             for i in range(0, len(memories), 1000):
                 part = memories[i : i + 1000]
                 self._col.upsert(
@@ -177,37 +233,93 @@ class VectorCollection:
     def rebuild_without(self, drop: set[str]) -> None:
         """Rewrite the store without ``drop`` into a new folder, then swap it in by rename."""
         with self._lock:
-            rows = self._col.get(include=["documents", "metadatas", "embeddings"])
-            keep = [i for i, mid in enumerate(rows["ids"]) if mid not in drop]
-            new_root = self.root.with_name(self.root.name + ".new")
-            old_root = self.root.with_name(self.root.name + ".old")
+            keep = [mid for mid in self._col.get(include=[])["ids"] if mid not in drop]
+            self._rebuild(self._rows(self._col, keep, with_embeddings=True))
+
+    def _rebuild(self, rows: dict[str, list]) -> None:
+        """Have a fresh process write ``rows`` as a new store in ``<root>.new``; swap it in."""
+        new_root = self.root.with_name(self.root.name + ".new")
+        old_root = self.root.with_name(self.root.name + ".old")
+        shutil.rmtree(new_root, ignore_errors=True)
+        job = pickle.dumps(dict(rows, root=str(new_root), meta=self._meta()), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD_CODE, str(_PROJECT_ROOT)], input=job,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800,
+            )
+            error = "" if proc.returncode == 0 else proc.stderr.decode(errors="replace").strip()[-800:] or f"exit {proc.returncode}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error or not (new_root / ".complete").exists():
             shutil.rmtree(new_root, ignore_errors=True)
-            client = _client(new_root)
-            col = client.create_collection(COLLECTION, metadata=self._meta(), embedding_function=None)
-            for s in range(0, len(keep), 1000):
-                idx = keep[s : s + 1000]
-                col.add(
-                    ids=[rows["ids"][i] for i in idx], documents=[rows["documents"][i] for i in idx],
-                    metadatas=[rows["metadatas"][i] for i in idx], embeddings=[list(rows["embeddings"][i]) for i in idx],
-                )
-            del col, client
-            _stop_client(new_root)
-            (new_root / ".complete").write_text("1")
-            self._col = None
-            self._client = None
-            _stop_client(self.root)
-            os.replace(self.root, old_root)  # from here on, _recover finishes the swap
-            os.replace(new_root, self.root)
-            (self.root / ".complete").unlink(missing_ok=True)
-            shutil.rmtree(old_root, ignore_errors=True)
-            self._client = _client(self.root)
-            self._col = self._open()
+            raise MemoryStoreError(f"rewriting the memory store in {self.root} failed; nothing was changed ({error})")
+        self._col = None
+        self._client = None
+        self._indexed = False
+        _stop_client(self.root)
+        os.replace(self.root, old_root)  # from here on, _recover finishes the swap
+        os.replace(new_root, self.root)
+        (self.root / ".complete").unlink(missing_ok=True)
+        shutil.rmtree(old_root, ignore_errors=True)
+        self._client = _client(self.root)
+        self._col = self._attach()
 
     def close(self) -> None:
         with self._lock:
             self._col = None
             self._client = None
             _stop_client(self.root)
+
+
+def _index_persisted(root: Path, col: Any) -> bool:
+    """Whether chromadb has persisted this collection's HNSW index (so it loads, not re-creates, it)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{root / 'chroma.sqlite3'}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT id FROM segments WHERE collection = ? AND scope = 'VECTOR'", (str(col.id),)).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        rows = []
+    if rows:
+        return all((root / r[0] / _INDEX_MARKER).is_file() for r in rows)
+    return any(root.glob(f"*/{_INDEX_MARKER}"))
+
+
+def _build_child() -> None:
+    """Entry point of the child process of ``VectorCollection._rebuild`` (job on stdin)."""
+    job = pickle.loads(sys.stdin.buffer.read())
+    _write_store(Path(job["root"]), job["meta"], job["ids"], job["documents"], job["metadatas"], job["embeddings"])
+
+
+def _write_store(root: Path, meta: dict[str, Any], ids: list, docs: list, metas: list, embeddings: list) -> None:
+    """Create a store at ``root`` holding these rows, with its HNSW index persisted; mark it complete."""
+    client = _client(root)
+    col = client.create_collection(COLLECTION, metadata=meta, embedding_function=None)
+    for s in range(0, len(ids), 1000):
+        col.add(
+            ids=ids[s : s + 1000], documents=docs[s : s + 1000], metadatas=metas[s : s + 1000],
+            embeddings=embeddings[s : s + 1000],
+        )
+    if ids:
+        # Each write counts towards chromadb's sync threshold; a no-op update tips it over.
+        for _ in range(_SYNC_THRESHOLD):
+            if _index_persisted(root, col):
+                break
+            if metas[0] is not None:
+                col.update(ids=ids[:1], metadatas=metas[:1])
+            else:
+                col.update(ids=ids[:1], documents=docs[:1])
+        if not _index_persisted(root, col):
+            raise MemoryStoreError(f"chromadb did not persist the vector index in {root}")
+    # An empty store gets no index at all (reading it creates none); the first add makes one,
+    # through this same child (see ``VectorCollection.add``). An index that lost its last live
+    # element is re-created by chromadb at the next open, so it is no use here.
+    del col, client
+    _stop_client(root)
+    (root / ".complete").write_text("1")
 
 
 def _recover(root: Path) -> None:
