@@ -29,6 +29,8 @@ def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
                                       {"role": "user", "content": NEW_PHRASINGS[0]}], TAUGHT)
     base_answers = [_greedy(real_engine, pack, q) for q in NEW_PHRASINGS]
     assert not any("Biscuit" in a for a in base_answers)
+    plain_before = assistant.chat("kim", "chef", use_memory=False, use_adapter=False).send(
+        NEW_PHRASINGS[1], temperature=0, max_new_tokens=24).collect()
     for q in TRAIN_PHRASINGS:  # memory off: only the adapter can carry the fact
         chat = assistant.chat("kim", "chef", use_memory=False)
         chat.send(q, temperature=0, max_new_tokens=8).collect()
@@ -48,7 +50,7 @@ def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
     assert sum("Biscuit" in a for a in answers) >= 3, answers
     base_chat = assistant.chat("kim", "chef", use_memory=False, use_adapter=False)
     base_reply = base_chat.send(NEW_PHRASINGS[1], temperature=0, max_new_tokens=24).collect()
-    assert base_reply == base_answers[1]
+    assert base_reply == plain_before  # --no-adapter: exactly the base model's output
     cand, live = result.decision.candidate, result.decision.live
     assert cand.guard_ppl <= live.guard_ppl * 1.05
 
