@@ -97,7 +97,7 @@ _SPLIT = re.compile(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?
 _ASK_TO_REMEMBER = re.compile(r"^(?:could|can|would|will) you (?:please )?((?:remember|note|keep in mind)\b.*?)\??$", re.I)
 _LEADING_ADVERB = re.compile(
     r"^(?:now|these days|nowadays|also|and|but|so|anyway|btw|by the way|well|ok|okay|(?:it )?turns out(?: that)?|"
-    r"fun fact|update)[,:\s]+",
+    r"fun fact|update|(?:big |good |some |quick |great )?news|guess what|heads up|just so you know|for context)[,:!\s]+",
     re.I,
 )
 _NO_SUBJECT = re.compile(r"^(?:just )?(got|bought|moved|started|adopted|sold|finished|joined|left) ", re.I)
