@@ -144,7 +144,8 @@ class Learner:
                                         e["answer"], "seed", turn_id=e["id"]) for e in seed]
         data = dataset_mod.Dataset()
         for i, ex in enumerate(sorted(examples, key=lambda e: e.turn_id)):
-            (data.heldout if i % 5 == 0 else data.train).append(ex)
+            # Every 5th example is held out for the gate, at most 16 (scoring generates answers).
+            (data.heldout if i % 5 == 0 and len(data.heldout) < 16 else data.train).append(ex)
         current = store.current()
         saved = (self.settings.max_steps, self.settings.time_budget_s)
         self.settings.max_steps = steps or min(400, 2 * len(data.train))

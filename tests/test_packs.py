@@ -99,3 +99,21 @@ def test_a_broken_pack_is_reported_and_skipped(home):
     assert any("broken" in e for e in catalog.errors)
     with pytest.raises(PackError, match="no pack named 'nope'"):
         catalog.get("nope")
+
+
+def test_a_pip_installed_pack_is_found_through_its_entry_point(tmp_path, home, monkeypatch):
+    """A pack published as a package registers `assistant.packs = name = module:function`."""
+    site = tmp_path / "site"
+    pack_root = copy_pack("general", tmp_path / "payload")
+    toml = (pack_root / "pack.toml").read_text().replace('id = "general"', 'id = "gardener"')
+    (pack_root / "pack.toml").write_text(toml)
+    (site / "gardener_pack").mkdir(parents=True)
+    (site / "gardener_pack" / "__init__.py").write_text(f"def path():\n    return {str(pack_root)!r}\n")
+    dist = site / "gardener_pack-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gardener-pack\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[assistant.packs]\ngardener = gardener_pack:path\n")
+    monkeypatch.syspath_prepend(str(site))
+    catalog = packs.discover()
+    assert catalog.get("gardener").source.startswith("pip:")
+    assert catalog.get("gardener").root == pack_root

@@ -678,3 +678,24 @@ async def test_real_model_answers_capital(real_engine):
     async with app.run_test(size=SIZE) as pilot:
         await ask(app, pilot, "What is the capital of France?")
         assert "Paris" in log_text(app)
+
+
+async def test_compose_sends_a_multi_line_message():
+    app = make(FakeEngine(["Noted both."]))
+    async with app.run_test(size=SIZE) as pilot:
+        app.query_one("#prompt").value = "First line"
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+        from textual.widgets import TextArea
+
+        from tui.screens import EditScreen
+
+        assert isinstance(app.screen, EditScreen)
+        area = app.screen.query_one(TextArea)
+        assert area.text == "First line"
+        area.text = "First line\nSecond line"
+        await pilot.press("ctrl+s")
+        await wait_idle(app, pilot)
+        turn = app.chat.journal.turn(app.chat.last_turn_id)
+        assert turn.message == "First line\nSecond line"
+        assert "Noted both." in log_text(app)

@@ -38,6 +38,7 @@ KEYS: list[tuple[str, str, str]] = [
     ("rate_down", "ctrl+b", "bad answer (-1)"),
     ("correct", "ctrl+r", "correct the answer"),
     ("copy", "ctrl+y", "copy the answer"),
+    ("compose", "ctrl+e", "write a multi-line message"),
     ("new_chat", "ctrl+n", "new chat"),
     ("help", "f1", "help"),
     ("memories", "f2", "memories"),
@@ -258,7 +259,20 @@ class AssistantApp(App):
     # ------------------------------------------------------------------ chatting
     @on(Input.Submitted, "#prompt")
     def submitted(self, event: Input.Submitted) -> None:
-        text = event.value.strip()
+        self.send_text(event.value)
+
+    def action_compose(self) -> None:
+        """A multi-line message: an editor prefilled with what is typed so far; ctrl+s sends."""
+        prompt = self.query_one(PromptInput)
+
+        def send(text: str | None) -> None:
+            if text:
+                self.send_text(text)
+
+        self.push_screen(EditScreen("Write a message (several lines are fine)", prompt.value), send)
+
+    def send_text(self, text: str) -> None:
+        text = text.strip()
         if not text:
             return
         if self._generating:
