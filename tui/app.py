@@ -38,7 +38,7 @@ KEYS: list[tuple[str, str, str]] = [
     ("rate_down", "ctrl+b", "bad answer (-1)"),
     ("correct", "ctrl+r", "correct the answer"),
     ("copy", "ctrl+y", "copy the answer"),
-    ("compose", "ctrl+e", "write a multi-line message"),
+    ("compose", "ctrl+t", "write a multi-line message"),
     ("new_chat", "ctrl+n", "new chat"),
     ("help", "f1", "help"),
     ("memories", "f2", "memories"),
