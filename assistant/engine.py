@@ -101,9 +101,10 @@ class Generation:
 
 
 def _dtype(name: str):
+    """The torch dtype of a phase's activations and KV cache ("int8" weights work in bfloat16)."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}[name]
 
 
 class Engine:
@@ -127,9 +128,22 @@ class Engine:
         self.decode_dtype = decode_dtype
         self.lock = threading.RLock()
         self._models: dict[str, Any] = {}
+        self._int8_layers: dict[str, Any] = {}  # parameter name -> Int8Linear of the int8 model
+        if prefill_dtype == "int8":
+            raise ModelError("model.prefill_dtype cannot be int8 (int8 weights are for decoding): "
+                             "use float32, bfloat16 or auto")
         model.eval()
         self._models[prefill_dtype] = model.to(_dtype(prefill_dtype))
-        if decode_dtype != prefill_dtype:
+        if decode_dtype == "int8":
+            from assistant import int8
+
+            if not int8.available():
+                raise ModelError("this torch build has no int8 weight matmul for the CPU: "
+                                 "set model.decode_dtype to float32, bfloat16 or auto")
+            quantized = copy.deepcopy(model).to(_dtype("int8"))
+            self._int8_layers = int8.quantize(quantized)
+            self._models["int8"] = quantized
+        elif decode_dtype != prefill_dtype:
             self._models[decode_dtype] = copy.deepcopy(model).to(_dtype(decode_dtype))
         self.config = model.config
         max_pos = getattr(model.config, "max_position_embeddings", None) or context_tokens
@@ -356,22 +370,29 @@ class Engine:
         touches are kept, so ``set_adapter(None, None)`` restores the base model exactly.
         """
         with self.lock:
-            for model in self._models.values():
-                params = dict(model.named_parameters())
-                for name, base in self._base_weights.items():
-                    params[name].data.copy_(base.to(params[name].dtype))
+            float_params = dict(self.model.named_parameters())
+            if deltas:
+                missing = [name for name in deltas if name not in float_params]
+                if missing:
+                    raise ModelError(f"adapter {adapter_id} does not fit this model (no {missing[0]})")
+            for name, base in self._base_weights.items():
+                self._load_weight(name, base)
             if deltas:
                 for name in deltas:
                     if name not in self._base_weights:
-                        self._base_weights[name] = dict(self.model.named_parameters())[name].detach().float().clone()
-                for model in self._models.values():
-                    params = dict(model.named_parameters())
-                    for name, delta in deltas.items():
-                        if name not in params:
-                            raise ModelError(f"adapter {adapter_id} does not fit this model (no {name})")
-                        merged = self._base_weights[name] + delta.float()
-                        params[name].data.copy_(merged.to(params[name].dtype))
+                        self._base_weights[name] = float_params[name].detach().float().clone()
+                for name, delta in deltas.items():
+                    self._load_weight(name, self._base_weights[name] + delta.float())
             self.adapter_id = adapter_id if deltas else None
+
+    def _load_weight(self, name: str, weight: Any) -> None:
+        """Put a float32 ``weight`` into parameter ``name`` of every copy of the model."""
+        for dtype_name, model in self._models.items():
+            if dtype_name == "int8":
+                self._int8_layers[name].load_float(weight)
+            else:
+                param = dict(model.named_parameters())[name]
+                param.data.copy_(weight.to(param.dtype))
 
 
 class _Detokenizer:
@@ -488,11 +509,12 @@ def machine_id() -> str:
         pass
     import torch
 
-    return f"{cpu}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    return f"{cpu}|threads={torch.get_num_threads()}|torch={torch.__version__}|dtypes=2"
 
 
 def calibrate(model: Any, folder: Path, say: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
-    """Measure prefill and decode speed in float32 and bfloat16 on this machine, once.
+    """Measure prefill and decode speed in float32 and bfloat16 (and decode with int8 weights,
+    where torch has the kernel) on this machine, once.
 
     The result is cached in the model folder, keyed by CPU, thread count and torch version.
     """
@@ -513,26 +535,34 @@ def calibrate(model: Any, folder: Path, say: Callable[[str], None] | None = None
         say("measuring prefill and decode speed per dtype on this machine (once)")
     timings: dict[str, dict[str, float]] = {}
     ids = torch.randint(10, min(int(model.config.vocab_size), 30000), (1, 256))
+    from assistant import int8
+
+    names = ("float32", "bfloat16", "int8") if int8.available() else ("float32", "bfloat16")
     with torch.inference_mode():
-        for name in ("float32", "bfloat16"):
+        for name in names:
             m = model if name == "float32" else copy.deepcopy(model).to(torch.bfloat16)
+            if name == "int8":
+                int8.quantize(m)
             best_p, best_d = float("inf"), float("inf")
             for _ in range(2):
                 cache = DynamicCache(config=model.config)
                 t = time.perf_counter()
                 out = m(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-                best_p = min(best_p, time.perf_counter() - t)
+                if name != "int8":  # int8 weights are for decoding only
+                    best_p = min(best_p, time.perf_counter() - t)
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 t = time.perf_counter()
                 for _ in range(8):
                     out = m(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1)
                     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 best_d = min(best_d, (time.perf_counter() - t) / 8)
-            timings[name] = {"prefill_256_s": round(best_p, 4), "decode_token_s": round(best_d, 5)}
+            timings[name] = {"decode_token_s": round(best_d, 5)}
+            if best_p < float("inf"):
+                timings[name]["prefill_256_s"] = round(best_p, 4)
             if m is not model:
                 del m
     result = {
-        "prefill": min(timings, key=lambda n: timings[n]["prefill_256_s"]),
+        "prefill": min((n for n in timings if "prefill_256_s" in timings[n]), key=lambda n: timings[n]["prefill_256_s"]),
         "decode": min(timings, key=lambda n: timings[n]["decode_token_s"]),
         "timings": timings,
         "measured_at": time.time(),

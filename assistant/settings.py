@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from assistant import paths
 from assistant.errors import ConfigError
 
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16", "int8")  # int8: weight-only, decode only
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Settings:
 
 
 _VALIDATORS: dict[tuple[str, str], Any] = {
-    ("model", "prefill_dtype"): lambda v: v in DTYPES or f"must be one of {', '.join(DTYPES)}",
+    ("model", "prefill_dtype"): lambda v: (v in DTYPES and v != "int8") or "must be one of auto, float32, bfloat16",
     ("model", "decode_dtype"): lambda v: v in DTYPES or f"must be one of {', '.join(DTYPES)}",
     ("model", "context_tokens"): lambda v: v >= 128 or "must be at least 128",
     ("model", "threads"): lambda v: v >= 0 or "must be 0 (all cores) or more",

@@ -1,5 +1,6 @@
 """The engine on a tiny random Llama built in memory: fast, and the real transformers code path."""
 
+import copy
 import threading
 
 import pytest
@@ -84,6 +85,38 @@ def test_prefill_and_decode_in_different_dtypes(tiny_tokenizer):
     assert again.stats.cached_tokens > 0
 
 
+def test_int8_decode_follows_the_float_model(tiny_tokenizer):
+    """Weight-only int8 decoding: the same first token as float32 and a working KV cache."""
+    import torch
+
+    from assistant import int8
+
+    if not int8.available():
+        pytest.skip("this torch has no int8 weight matmul")
+    model = make_tiny_model(tiny_tokenizer)
+    ref = Engine(copy.deepcopy(model), tiny_tokenizer, context_tokens=256)
+    q = Engine(model, tiny_tokenizer, context_tokens=256, prefill_dtype="float32", decode_dtype="int8")
+    ids = q.render(MSGS)
+    with torch.inference_mode():
+        x = torch.randn(3, 5, q.config.hidden_size)
+        for name, layer in list(q._int8_layers.items())[:3]:
+            w = dict(ref.model.named_parameters())[name]
+            exact = torch.nn.functional.linear(x, w)
+            assert (layer(x).float() - exact).abs().max() < 0.05 * exact.abs().max() + 1e-3
+    a = ref.stream(ids, GenParams(temperature=0, max_new_tokens=1)).collect()
+    b = q.stream(ids, GenParams(temperature=0, max_new_tokens=1)).collect()
+    assert a == b  # the first token comes from the float prefill
+    session = KVSession()
+    gen = q.stream(ids, GenParams(temperature=0, max_new_tokens=8), session=session)
+    gen.collect()
+    again = q.stream(q.render(MSGS + [{"role": "assistant", "content": gen.text}, {"role": "user", "content": "ok"}]),
+                     GenParams(temperature=0, max_new_tokens=4), session=session)
+    again.collect()
+    assert again.stats.cached_tokens > 0
+    with pytest.raises(Exception, match="int8"):
+        Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, prefill_dtype="int8")
+
+
 def test_stop_strings_are_not_emitted(tiny_engine):
     ids = tiny_engine.render(MSGS)
     full = tiny_engine.stream(ids, GenParams(temperature=0, max_new_tokens=30)).collect()
@@ -140,7 +173,10 @@ def test_auto_dtype_is_measured_and_cached(tmp_path, tiny_tokenizer, home):
     engine = Engine.load(settings_mod.load(env={}, overrides={"model.name": str(folder)}))
     calibration = json.loads((folder / "calibration.json").read_text())
     (entry,) = calibration.values()
-    assert set(entry["timings"]) == {"float32", "bfloat16"}
+    from assistant import int8
+
+    assert set(entry["timings"]) == ({"float32", "bfloat16", "int8"} if int8.available() else {"float32", "bfloat16"})
+    assert "prefill_256_s" not in entry["timings"].get("int8", {})  # int8 weights only decode
     assert engine.prefill_dtype == entry["prefill"] and engine.decode_dtype == entry["decode"]
 
 

@@ -1,0 +1,80 @@
+"""Weight-only int8 linear layers for decoding on the CPU.
+
+Decoding one token reads every weight once and does little arithmetic with it, so on a CPU it is
+bound by memory traffic: float32 weights move 4 bytes a parameter, int8 weights 1. Each output
+row gets its own scale (symmetric, 127 levels a side); activations stay bfloat16 and the matmul
+is torch's ``_weight_int8pack_mm``. The default model's GGUF ships 4-bit weights, so 8 bits a row
+loses little of what is there. Prefill (compute-bound) keeps its own float weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def available() -> bool:
+    """True when this torch has the int8 weight-only matmul for the CPU."""
+    import torch
+
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    try:
+        w, x = torch.ones(8, 16, dtype=torch.int8), torch.ones(1, 16, dtype=torch.bfloat16)
+        torch._weight_int8pack_mm(x, w, torch.ones(8, dtype=torch.bfloat16))
+    except Exception:
+        return False
+    return True
+
+
+def _module_class():
+    import torch
+
+    class Int8Linear(torch.nn.Module):
+        """``y = x @ (q * scale).T (+ bias)`` with ``q`` int8 per output row."""
+
+        def __init__(self, weight: Any, bias: Any = None) -> None:
+            super().__init__()
+            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+            self.register_buffer("qweight", torch.empty(weight.shape, dtype=torch.int8), persistent=False)
+            self.register_buffer("scales", torch.empty(weight.shape[0], dtype=torch.bfloat16), persistent=False)
+            self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
+            self.load_float(weight)
+
+        @torch.no_grad()
+        def load_float(self, weight: Any) -> None:
+            """(Re)quantize from a float weight, e.g. after an adapter was merged into it."""
+            w = weight.detach().to(torch.bfloat16).float()  # as from the bfloat16 copy: restores are exact
+            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
+            self.qweight.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+            self.scales.copy_(scale.to(torch.bfloat16))
+
+        def forward(self, x: Any) -> Any:
+            shape = x.shape
+            flat = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
+            out = torch._weight_int8pack_mm(flat, self.qweight, self.scales)
+            if self.bias is not None:
+                out = out + self.bias
+            return out.reshape(*shape[:-1], self.out_features)
+
+    return Int8Linear
+
+
+def quantize(model: Any) -> dict[str, Any]:
+    """Turn ``model`` (a bfloat16 copy) into an int8-decode model, in place: every ``nn.Linear``
+    (the attention and MLP projections and the output head) becomes an ``Int8Linear``.
+
+    Returns ``{parameter name: Int8Linear}`` (e.g. ``model.layers.0.self_attn.q_proj.weight``), so
+    merged adapter weights can be loaded into the right layer by the name the float models use.
+    """
+    import torch
+
+    cls = _module_class()
+    layers: dict[str, Any] = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                full = f"{name}.{child_name}" if name else child_name
+                q = cls(child.weight, child.bias)
+                setattr(module, child_name, q)
+                layers[f"{full}.weight"] = q
+    return layers
