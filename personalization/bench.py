@@ -6,7 +6,7 @@ For every user of every suite (see ``data/bench/README.md`` and ``docs/bench.md`
     -> one learning round (short: ``max_steps``/``time_budget_s`` overridden for the bench)
     -> the probes, each in a fresh conversation, under each variant:
        base (no memory, no adapter), memory, adapter, memory+adapter
-    -> forgetting: guard-set perplexity and the pack's eval score with the user's adapter merged
+    -> forgetting: the gate's guard-set perplexity and pack eval scores, base vs. the user's adapter
 
 then, per suite, every user's leak probes against the next user's memory + adapter (cross-user
 leakage). Each user's result is written to ``DIR/users/`` as soon as it is complete, so an
@@ -201,14 +201,11 @@ class BenchConfig:
     replay_tokens: int = 32  # unscripted replay turns (journalled, never scored)
     max_steps: int = 30
     time_budget_s: float = 40.0
-    eval_limit: int = 10  # pack eval probes for the forgetting check
-    guard_texts: int = 20
 
     def key(self) -> dict[str, Any]:
         """What a saved per-user result must match to be reused by a resumed run."""
         return {"seed": self.seed, "max_new_tokens": self.max_new_tokens, "replay_tokens": self.replay_tokens,
-                "max_steps": self.max_steps, "time_budget_s": self.time_budget_s, "eval_limit": self.eval_limit,
-                "guard_texts": self.guard_texts}
+                "max_steps": self.max_steps, "time_budget_s": self.time_budget_s, "forgetting": "gate"}
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
@@ -231,6 +228,11 @@ def prepare_home(out: Path) -> Path:
         link.symlink_to(models.resolve(), target_is_directory=True)
     os.environ["ASSISTANT_HOME"] = str(home)
     return home
+
+
+def _num(x: Any) -> float | None:
+    """A score for JSON: None where it was not measurable (NaN)."""
+    return None if x is None or x != x else round(float(x), 4)
 
 
 def peak_rss_mb() -> float:
@@ -328,39 +330,24 @@ class Runner:
         return data["users"][:n] if n else list(data["users"])
 
     def _baseline(self, suites: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-        """Guard perplexity and pack eval scores of the base model (before any user's learning)."""
+        """The base model's guard perplexity and pack eval scores, measured as the gate measures
+        them (before any user's learning; every user starts from the base model)."""
         path = self.cfg.out / "baseline.json"
         saved = _read_json(path) or {}
         if saved.get("key") != self.cfg.key():
             saved = {"key": self.cfg.key(), "packs": {}}
-        engine = self.a.engine
-        if "guard_ppl" not in saved:
-            self._say("base guard-set perplexity")
-            engine.set_adapter(None, None)
-            saved["guard_ppl"], saved["guard_s"] = self._guard_ppl()
+        learner = self.a.learner
         for _, data in suites:
-            if data["pack"] not in saved["packs"]:
-                self._say(f"base {data['pack']} eval score")
-                engine.set_adapter(None, None)
-                saved["packs"][data["pack"]] = self._pack_eval(data["pack"])
+            pack = data["pack"]
+            if pack not in saved["packs"]:
+                self._say(f"base model: {pack} eval and guard set")
+            t0 = time.perf_counter()
+            scores = learner.base_general(pack)  # also primes the learner's cache for the gate
+            if pack not in saved["packs"]:
+                saved["packs"][pack] = dict({k: _num(v) for k, v in scores.items()}, seconds=round(time.perf_counter() - t0, 2))
                 _write_json(path, saved)
         _write_json(path, saved)
         return saved
-
-    def _guard_ppl(self) -> tuple[float, float]:
-        from personalization import gate
-
-        t0 = time.perf_counter()
-        ppl = gate.perplexity(self.a.engine.model, self.a.engine.tokenizer, gate.guard_texts(self.cfg.guard_texts))
-        return round(ppl, 4), round(time.perf_counter() - t0, 2)
-
-    def _pack_eval(self, pack_id: str) -> dict[str, Any]:
-        from personalization.evaluate import pack_eval_score
-
-        t0 = time.perf_counter()
-        out = pack_eval_score(self.a.engine, self.a.pack(pack_id), limit=self.cfg.eval_limit,
-                              max_new_tokens=self.cfg.max_new_tokens)
-        return dict(out, seconds=round(time.perf_counter() - t0, 2))
 
     # -------------------------------------------------------------- one user
     def user_file(self, suite: str, uid: str) -> Path:
@@ -406,9 +393,7 @@ class Runner:
                 variants[v] = [self._probe(uid, pack, probe, v, decode, user_label=f"{uid}: {v}")
                                for probe in user["probes"]]
             phases[f"probe:{v}"] = time.perf_counter() - t
-        t = time.perf_counter()
-        forgetting = self._forgetting(uid, pack, learn, baseline)
-        phases["forgetting"] = time.perf_counter() - t
+        forgetting = self._forgetting(pack, learn, baseline)
         self.a.engine.set_adapter(None, None)
         result = {"key": self.cfg.key(), "suite": suite, "pack": pack, "user": uid, "learn": learn,
                   "forgetting": forgetting, "variants": variants, "decode": decode,
@@ -475,23 +460,18 @@ class Runner:
         return {"id": probe["id"], "kind": probe["kind"], "answer": answer, "adapter": reply.adapter,
                 "memories": len(reply.memories), "margin": None if margin is None else round(margin, 4), **scored}
 
-    def _forgetting(self, uid: str, pack: str, learn: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-        from personalization.adapters import AdapterStore
-
-        before = {"guard_ppl": baseline["guard_ppl"], "pack_eval": baseline["packs"][pack]["pass_rate"]}
+    def _forgetting(self, pack: str, learn: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+        """Before: the base model. After: the user's adapter as the gate scored it when it was
+        promoted (the same eval and guard sets); a rejected candidate leaves the model unchanged."""
+        base = baseline["packs"][pack]
+        before = {"guard_ppl": _num(base["guard_ppl"]), "pack_eval": _num(base["eval_pass"]),
+                  "pack_eval_loss": _num(base["eval_loss"])}
         out = {"before": before, "after": dict(before), "measured": False}
-        live = learn.get("live")
-        if live:  # an adapter went live: measure with it merged (otherwise the model is unchanged)
-            self._say(f"{uid}: forgetting check")
-            engine = self.a.engine
-            store = AdapterStore(uid, pack)
-            engine.set_adapter(f"{uid}/{pack}/{live}", store.deltas(live, engine.model))
-            try:
-                ppl, _ = self._guard_ppl()
-                ev = self._pack_eval(pack)
-            finally:
-                engine.set_adapter(None, None)
-            out["after"] = {"guard_ppl": ppl, "pack_eval": ev["pass_rate"]}
+        gate = learn.get("gate")
+        if learn.get("promoted") and gate:
+            cand = gate["candidate"]
+            out["after"] = {"guard_ppl": _num(cand["guard_ppl"]), "pack_eval": _num(cand["eval_pass"]),
+                            "pack_eval_loss": _num(cand["eval_loss"])}
             out["measured"] = True
         return out
 

@@ -13,9 +13,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = bench.BenchConfig(
         out=Path(args.out), variants=bench.parse_variants(args.variants), seed=args.seed,
         limit_users=args.limit_users, quick=args.quick, max_new_tokens=args.max_tokens,
-        max_steps=args.steps if args.steps is not None else (20 if args.quick else 30),
-        time_budget_s=args.time_budget if args.time_budget is not None else (25.0 if args.quick else 40.0),
-        eval_limit=args.eval_limit if args.eval_limit is not None else (5 if args.quick else 10),
+        max_steps=args.steps if args.steps is not None else (12 if args.quick else 30),
+        time_budget_s=args.time_budget if args.time_budget is not None else (15.0 if args.quick else 40.0),
     )
     if args.limit_users is not None and args.limit_users < 1:
         raise bench.BenchError("--limit-users: must be 1 or more")
@@ -41,11 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated subset of base,memory,adapter,memory+adapter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="3 users per suite, 20 learning steps / 25 s, 5 pack eval probes")
+                   help="3 users per suite, 12 learning steps / 15 s")
     p.add_argument("--max-tokens", type=int, default=48, help="tokens per probe answer (default 48)")
-    p.add_argument("--steps", type=int, default=None, help="learning steps per user (default 30; --quick 20)")
-    p.add_argument("--time-budget", type=float, default=None, help="training seconds per user (default 40; --quick 25)")
-    p.add_argument("--eval-limit", type=int, default=None, help="pack eval probes for forgetting (default 10; --quick 5)")
+    p.add_argument("--steps", type=int, default=None, help="learning steps per user (default 30; --quick 12)")
+    p.add_argument("--time-budget", type=float, default=None, help="training seconds per user (default 40; --quick 15)")
     p.add_argument("--report-only", action="store_true",
                    help="write the reports from the users already finished in --out; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")

@@ -49,10 +49,11 @@ def build(cfg: Any, suites: list[dict[str, Any]], results: list[dict[str, Any]],
     forgetting = {
         "per_user": per_user,
         "users": len(per_user), "promoted": sum(u["promoted"] for u in per_user),
-        "guard_ppl_before": baseline.get("guard_ppl"),
+        "guard_ppl_before": _mean([u["guard_ppl_before"] for u in per_user]),
         "guard_ppl_after_mean": _mean([u["guard_ppl_after"] for u in per_user]),
         "guard_ppl_after_mean_promoted": _mean([u["guard_ppl_after"] for u in measured]),
-        "pack_eval_before": {p: v["pass_rate"] for p, v in baseline.get("packs", {}).items()},
+        "pack_eval_before": {p: v.get("eval_pass") for p, v in baseline.get("packs", {}).items()},
+        "pack_eval_loss_before": {p: v.get("eval_loss") for p, v in baseline.get("packs", {}).items()},
         "pack_eval_before_mean": _mean([u["pack_eval_before"] for u in per_user]),
         "pack_eval_after_mean": _mean([u["pack_eval_after"] for u in per_user]),
         "pack_eval_after_mean_promoted": _mean([u["pack_eval_after"] for u in measured]),
@@ -69,7 +70,7 @@ def build(cfg: Any, suites: list[dict[str, Any]], results: list[dict[str, Any]],
     for r in results:
         for k, s in r["phases_s"].items():
             phases[k] = round(phases.get(k, 0.0) + s, 1)
-    phases["baseline"] = round(baseline.get("guard_s", 0.0) + sum(p.get("seconds", 0.0) for p in baseline.get("packs", {}).values()), 1)
+    phases["baseline"] = round(sum(p.get("seconds", 0.0) for p in baseline.get("packs", {}).values()), 1)
     phases["cross_leak"] = round(sum(c.get("seconds", 0.0) for c in cross.values()), 1)
     phases["load"] = run.get("load_s", 0.0)
     tokens = sum(r["decode"]["tokens"] for r in results) + sum(c.get("decode", {}).get("tokens", 0) for c in cross.values())
@@ -90,8 +91,10 @@ def build(cfg: Any, suites: list[dict[str, Any]], results: list[dict[str, Any]],
         "suites": [{"name": s["name"], "pack": s["pack"], "users": sum(r["suite"] == s["name"] for r in results)} for s in suites],
         "config": {"seed": cfg.seed, "quick": cfg.quick, "limit_users": cfg.limit_users, "variants": list(cfg.variants),
                    "max_new_tokens": cfg.max_new_tokens, "replay_tokens": cfg.replay_tokens,
-                   "max_steps": cfg.max_steps, "time_budget_s": cfg.time_budget_s, "eval_limit": cfg.eval_limit,
-                   "guard_texts": cfg.guard_texts, "model": run.get("model")},
+                   "max_steps": cfg.max_steps, "time_budget_s": cfg.time_budget_s,
+                   "forgetting": "the gate's sets: guard perplexity on data/guard (24 texts), pack eval pass rate "
+                                 "and answer loss on the pack's first 16 eval probes",
+                   "model": run.get("model")},
         "variants": variants, "by_suite": by_suite, "forgetting": forgetting, "leakage": leakage, "cost": cost,
         "users": users,
     }

@@ -87,6 +87,8 @@ class Learner:
         self._running: dict[tuple[str, str], dict[str, Any]] = {}
         self._last_activity = time.monotonic()
         self._timer: threading.Timer | None = None
+        self._due: set[tuple[str, str]] = set()  # (user, pack) with new turns or feedback since their check
+        self._due_lock = threading.Lock()
         self._stop = threading.Event()
         self._base_general: dict[tuple[str, str, str], tuple[float, float, float]] = {}
         self.listeners: list[Callable[[str, str, Any], None]] = []  # (user, pack, event) for UIs
@@ -191,7 +193,6 @@ class Learner:
             evals = gate_mod.eval_examples(pack.eval_probes(), system)
             guard = gate_mod.guard_texts()
             sets = gate_mod.fingerprint(evals, guard)
-            cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
             # The live side's eval loss and guard perplexity do not depend on the user's data:
             # reuse them from the live version's meta.json, or from the base model's cache.
             known = self._known_general(engine, pack_id, source, sets)
@@ -203,6 +204,8 @@ class Learner:
                                                  engine.eos_ids, known)
                 self._base_general[(engine.name, pack_id, sets)] = (live_scores.eval_loss, live_scores.guard_ppl,
                                                                     live_scores.eval_pass)
+            with gate_mod.merged(model):  # scored after the live side, which may use the same base weights
+                cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
             decision = gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate)
             version = None
             if decision.promote:
@@ -239,6 +242,19 @@ class Learner:
         torch.manual_seed(self.settings.seed)
         return model
 
+    def base_general(self, pack_id: str) -> dict[str, float]:
+        """The base model's pack eval loss, pack eval pass rate and guard-set perplexity, as the
+        gate measures them (cached: they do not depend on any user)."""
+        engine = self.assistant.engine
+        evals = gate_mod.eval_examples(self.assistant.pack(pack_id).eval_probes(), self.assistant.pack(pack_id).system_prompt())
+        guard = gate_mod.guard_texts()
+        key = (engine.name, pack_id, gate_mod.fingerprint(evals, guard))
+        if key not in self._base_general:
+            s = gate_mod.score(self._base_model(engine), engine.tokenizer, engine.render, [], evals, guard, engine.eos_ids)
+            self._base_general[key] = (s.eval_loss, s.guard_ppl, s.eval_pass)
+        loss, ppl, passed = self._base_general[key]
+        return {"eval_loss": loss, "guard_ppl": ppl, "eval_pass": passed}
+
     def _known_general(self, engine: Any, pack_id: str, source: Any, sets: str) -> tuple[float, float, float] | None:
         if source is None:
             return self._base_general.get((engine.name, pack_id, sets))
@@ -258,7 +274,8 @@ class Learner:
         base = self._base_model(engine)
         model = PeftModel.from_pretrained(base, str(store.path(live)))
         model.eval()
-        return gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids, known)
+        with gate_mod.merged(model):
+            return gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids, known)
 
     def _meta(self, engine: Any, data: Any, result: Any, decision: Any, parent: str | None) -> dict[str, Any]:
         libs = {}
@@ -300,19 +317,34 @@ class Learner:
             self._timer.cancel()
 
     def notify(self, user: str, pack: str) -> None:
+        """A turn or feedback for ``(user, pack)``. Rounds wait until the whole assistant has been
+        idle for ``idle_seconds`` (training shares the CPU with replies); then every user and pack
+        noted since their last check gets one, so a second user's activity never drops the
+        first one's round."""
         self._last_activity = time.monotonic()
         if not self.settings.enabled or self._stop.is_set():
             return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = threading.Timer(self.settings.idle_seconds, self._maybe_run, args=(user, pack))
-        self._timer.daemon = True
-        self._timer.start()
+        with self._due_lock:
+            self._due.add((user, pack))
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.settings.idle_seconds, self._run_due)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _run_due(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() - self._last_activity < self.settings.idle_seconds - 0.1:
+                return  # activity since: the timer it started will come back
+            with self._due_lock:
+                if not self._due:
+                    return
+                user, pack = sorted(self._due)[0]
+                self._due.discard((user, pack))
+            self._maybe_run(user, pack)
 
     def _maybe_run(self, user: str, pack: str) -> None:
         if self._stop.is_set() or (user, pack) in self._running:
-            return
-        if time.monotonic() - self._last_activity < self.settings.idle_seconds - 0.1:
             return
         if self.pending(user, pack) < self.settings.min_new_examples:
             return

@@ -150,8 +150,7 @@ def _tiny_assistant(tiny_engine, out: Path, monkeypatch):
 
 
 def _cfg(out: Path, **kw) -> BenchConfig:
-    return BenchConfig(out=out, max_steps=2, time_budget_s=20, max_new_tokens=8, replay_tokens=4, eval_limit=2,
-                       guard_texts=3, **kw)
+    return BenchConfig(out=out, max_steps=2, time_budget_s=20, max_new_tokens=8, replay_tokens=4, **kw)
 
 
 def test_end_to_end_tiny_and_resume(tmp_path, tiny_engine, monkeypatch, capsys):
@@ -180,10 +179,17 @@ def test_end_to_end_tiny_and_resume(tmp_path, tiny_engine, monkeypatch, capsys):
         assert all(p.get("reused_from") == "memory" for p in user["variants"]["memory+adapter"])
     f = report["forgetting"]["per_user"][0]
     assert f["guard_ppl_before"] > 0 and f["guard_ppl_after"] > 0
+    gate = user["learn"]["gate"]
+    if gate is not None:  # before = the gate's base-model side (the user had no adapter yet)
+        assert f["guard_ppl_before"] == pytest.approx(gate["live"]["guard_ppl"])
+        live_pass = gate["live"]["eval_pass"]
+        assert f["pack_eval_before"] == (None if live_pass != live_pass else pytest.approx(live_pass))
+        side = "candidate" if user["learn"]["promoted"] else "live"
+        assert f["guard_ppl_after"] == pytest.approx(gate[side]["guard_ppl"])
     cost = report["cost"]
     for key in ("wall_s", "phases_s", "decode_tokens_per_s", "train_seconds", "adapter_bytes", "peak_rss_mb"):
         assert key in cost
-    assert {"replay", "learn", "probe:base", "forgetting"} <= set(cost["phases_s"])
+    assert {"replay", "learn", "probe:base", "baseline"} <= set(cost["phases_s"])
     assert report["leakage"]["cross_user"]["probes"] == 0  # one user: nobody to leak through
     for name in ("report.json", "report.md", *bench_report.PLOTS):
         assert (out / name).stat().st_size > 0
@@ -240,7 +246,7 @@ def test_real_quick_bench_one_user(tmp_path, real_engine, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("ASSISTANT_HOME", str(out / "home"))
     a = Assistant(settings_mod.load(env={}), engine=real_engine)
-    cfg = BenchConfig(out=out, quick=True, limit_users=1, max_steps=10, time_budget_s=20, eval_limit=3, guard_texts=5)
+    cfg = BenchConfig(out=out, quick=True, limit_users=1, max_steps=10, time_budget_s=20)
     report = bench.run_bench([str(ROOT / "data" / "bench" / "chef.json")], cfg, assistant=a)
     real_engine.set_adapter(None, None)
     assert list(report["variants"]) == list(bench.VARIANTS)

@@ -89,6 +89,37 @@ def test_training_lowers_the_answer_loss_and_resume_is_a_separate_path(tiny_toke
     assert abs(gate.answer_loss(resumed, tiny_tokenizer, engine.render, ex) - after) < 1e-4
 
 
+def test_batched_gate_scores_equal_one_row_at_a_time(tiny_tokenizer):
+    """The gate scores padded batches; a user's numbers must not depend on what shares a batch."""
+    import torch
+
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    model = engine.model.float()
+    asks = ["cat?", "What is the capital of France, and why is it famous?", "hi", "Name three herbs for soup."]
+    system = {"role": "system", "content": "You are a careful cooking assistant. Answer briefly and clearly, "
+                                           "in one or two sentences, and say so when you do not know."}
+    exs = [dataset.Example([system, {"role": "user", "content": q}], f"Answer number {i} " * (i + 1), "eval",
+                           expect_any=["answer"]) for i, q in enumerate(asks)]
+    assert gate._shared_prefix([engine.render(e.messages) for e in exs], 10_000) > 16  # the cached-prefix path
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for ex in exs:  # the plain way: one unpadded row, the model's own loss
+            ids, labels = trainer.encode(tiny_tokenizer, engine.render, ex, 384)
+            n = sum(1 for x in labels[1:] if x != -100)
+            total += float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss) * n
+            count += n
+    assert gate.answer_loss(model, tiny_tokenizer, engine.render, exs) == pytest.approx(total / count, rel=1e-4)
+    texts = ["The quick brown fox jumps over the lazy dog.", "Short one.", "A much longer sentence " * 6]
+    one_by_one = [gate.perplexity(model, tiny_tokenizer, [t]) for t in texts]
+    assert all(p > 1 for p in one_by_one)
+    batched = gate.perplexity(model, tiny_tokenizer, texts)
+    assert min(one_by_one) - 1e-3 <= batched <= max(one_by_one) + 1e-3
+    # greedy answers: a batch of rows of different lengths gives each row its own answer
+    alone = [gate.greedy_answers(model, tiny_tokenizer, engine.render, [ex], engine.eos_ids, 8)[0] for ex in exs]
+    together = gate.greedy_answers(model, tiny_tokenizer, engine.render, exs, engine.eos_ids, 8)
+    assert together == alone
+
+
 def test_merged_adapter_changes_output_and_removing_it_restores_the_base_exactly(tiny_tokenizer, tmp_path, home):
     import torch
 
@@ -111,6 +142,28 @@ def test_merged_adapter_changes_output_and_removing_it_restores_the_base_exactly
     with torch.inference_mode():
         restored = engine.model(input_ids=torch.tensor([ids])).logits
     assert torch.equal(restored, base_logits)
+
+
+def test_adapter_merges_into_int8_decode_weights_and_unmerges_exactly(tiny_tokenizer, home):
+    import torch
+
+    from assistant import int8
+
+    if not int8.available():
+        pytest.skip("this torch has no int8 weight matmul")
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256, decode_dtype="int8")
+    layer = engine._int8_layers["model.layers.0.self_attn.q_proj.weight"]
+    base_q = layer.qweight.clone()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    delta = torch.full_like(dict(engine.model.named_parameters())[name], 0.5)
+    engine.set_adapter("x/general/v0001", {name: delta})
+    assert not torch.equal(layer.qweight, base_q)  # decoding sees the adapter too
+    ids = engine.render([{"role": "user", "content": "cat?"}])
+    assert engine.stream(ids, GenParams(temperature=0, max_new_tokens=4)).collect() is not None
+    engine.set_adapter(None, None)
+    assert torch.equal(layer.qweight, base_q)
+    with pytest.raises(Exception, match="does not fit"):
+        engine.set_adapter("x/general/v0002", {"model.nope.weight": delta})
 
 
 def test_adapter_store_versions_rollback_prune(home, tmp_path, tiny_tokenizer):
@@ -193,3 +246,32 @@ def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_token
     assert engine.stream(engine.render([{"role": "user", "content": "hi"}]), GenParams(temperature=0, max_new_tokens=3)).collect() is not None
     store.clean_staging()  # the next round's start does this too
     assert not any(p.name.startswith(".staging-") for p in store.root.iterdir())
+
+
+def test_background_rounds_wait_for_idle_and_serve_every_user(monkeypatch):
+    """Activity from a second user postpones rounds but never drops the first user's."""
+    from types import SimpleNamespace
+
+    from personalization.learner import Learner
+
+    learning = settings_mod.load(env={}).learning
+    learning.enabled, learning.idle_seconds = True, 0.5
+    learner = Learner(SimpleNamespace(settings=SimpleNamespace(learning=learning), listeners=[]))
+    ran = []
+    monkeypatch.setattr(learner, "pending", lambda user, pack: 0 if user == "cy" else 10)
+    monkeypatch.setattr(learner, "run_round", lambda user, pack, **kw: ran.append((user, pack)))
+    learner.notify("ann", "chef")
+    time.sleep(0.2)
+    learner.notify("ben", "doctor")
+    learner.notify("cy", "chef")  # nothing pending for cy: no round
+    time.sleep(0.2)
+    assert ran == []  # not idle long enough yet
+    deadline = time.monotonic() + 10
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert sorted(ran) == [("ann", "chef"), ("ben", "doctor")]
+    learner.notify("ann", "chef")
+    learner.stop()
+    time.sleep(0.8)
+    assert len(ran) == 2  # stopped: the pending timer does nothing
