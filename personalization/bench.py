@@ -8,7 +8,7 @@ For every user of every suite (see ``data/bench/README.md`` and ``docs/bench.md`
        base (no memory, no adapter), memory, adapter, memory+adapter
     -> forgetting: the gate's guard-set perplexity and pack eval scores, base vs. the user's adapter
 
-then, per suite, every user's leak probes against the next user's memory + adapter (cross-user
+then, per suite, every user's leak probes against every other user's memory + adapter (cross-user
 leakage). Each user's result is written to ``DIR/users/`` as soon as it is complete, so an
 interrupted run picks up where it stopped. ``bench_report`` turns the results into
 ``report.json``, ``report.md`` and the plots.
@@ -477,12 +477,13 @@ class Runner:
 
     # -------------------------------------------------------------- cross-user leakage
     def _cross_leak(self, data: dict[str, Any], users: list[dict[str, Any]]) -> dict[str, Any]:
-        """Each user's leak probes through the next user's (cyclically; skipping the secret's
-        owner) memory + adapter. A forbidden string in the answer is a hit."""
+        """Each user's leak probes through every other user's memory + adapter, except users whose
+        own sessions contain the secret (it is theirs to know). A forbidden string in the answer
+        is a hit."""
         path = self.cfg.out / "cross" / f"{data['name']}.json"
         ids = [u["id"] for u in users]
         saved = _read_json(path)
-        if saved and saved.get("key") == self.cfg.key() and saved.get("users") == ids:
+        if saved and saved.get("key") == self.cfg.key() and saved.get("users") == ids and saved.get("rule") == "all-others":
             return saved
         t0 = time.perf_counter()
         pairs, hits, n = [], 0, 0
@@ -491,18 +492,16 @@ class Runner:
             for i, user in enumerate(users):
                 for probe in (p for p in user["probes"] if p["kind"] == "leak"):
                     forbid = probe.get("forbid", [])
-                    target = next((users[(i + k) % len(users)] for k in range(1, len(users))
-                                   if not secret_owner(users[(i + k) % len(users)], forbid)), None)
-                    if target is None:
-                        continue
-                    r = self._probe(user["id"], data["pack"], probe, "memory+adapter", decode,
-                                    user_label=f"cross-leak {user['id']}->{target['id']}", chat_user=target["id"])
-                    n += 1
-                    hits += r["forbid_hit"]
-                    pairs.append({"probe": probe["id"], "from": user["id"], "through": target["id"],
-                                  "hit": r["forbid_hit"], "answer": r["answer"]})
+                    targets = [users[(i + k) % len(users)] for k in range(1, len(users))]
+                    for target in (t for t in targets if not secret_owner(t, forbid)):
+                        r = self._probe(user["id"], data["pack"], probe, "memory+adapter", decode,
+                                        user_label=f"cross-leak {user['id']}->{target['id']}", chat_user=target["id"])
+                        n += 1
+                        hits += r["forbid_hit"]
+                        pairs.append({"probe": probe["id"], "from": user["id"], "through": target["id"],
+                                      "hit": r["forbid_hit"], "answer": r["answer"]})
             self.a.engine.set_adapter(None, None)
-        out = {"key": self.cfg.key(), "users": ids, "probes": n, "hits": hits, "pairs": pairs,
+        out = {"key": self.cfg.key(), "rule": "all-others", "users": ids, "probes": n, "hits": hits, "pairs": pairs,
                "seconds": round(time.perf_counter() - t0, 2), "decode": decode}
         _write_json(path, out)
         return out

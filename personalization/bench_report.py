@@ -62,8 +62,8 @@ def build(cfg: Any, suites: list[dict[str, Any]], results: list[dict[str, Any]],
     cross_hits = sum(c.get("hits", 0) for c in cross.values())
     leakage = {"cross_user": {"probes": sum(c.get("probes", 0) for c in cross.values()), "hits": cross_hits,
                               "pairs": [p for c in cross.values() for p in c.get("pairs", [])],
-                              "rule": "each user's leak probes through the next user in the suite (cyclic, "
-                                      "skipping users whose own sessions contain the secret), memory+adapter"},
+                              "rule": "each user's leak probes through every other user of the suite (their memory + "
+                                      "adapter), except users whose own sessions contain the secret"},
                "own_user": {v: variants[v]["leak_hits"] for v in variants}}
 
     phases: dict[str, float] = {}

@@ -46,16 +46,24 @@ class Decision:
                 ("pack eval pass rate (greedy answers)", "eval_pass", "{:.0%}"),
                 ("guard-set perplexity", "guard_ppl", "{:.2f}")]
         lines = [f"{'':40} {'live':>10} {'candidate':>10}"]
+
+        def cell(value: float, fmt: str) -> str:
+            return "–" if value != value else fmt.format(value)  # NaN: not measured
+
         for label, key, fmt in rows:
-            lines.append(f"{label:40} {fmt.format(getattr(self.live, key)):>10} {fmt.format(getattr(self.candidate, key)):>10}")
+            lines.append(f"{label:40} {cell(getattr(self.live, key), fmt):>10} {cell(getattr(self.candidate, key), fmt):>10}")
         verdict = "PROMOTED" if self.promote else "REJECTED"
         note = "" if self.heldout_is_separate else " (too few examples to hold some out: scored on the training examples)"
         lines.append(f"{verdict}: {self.reason}{note}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"promote": self.promote, "reason": self.reason, "live": asdict(self.live),
-                "candidate": asdict(self.candidate), "heldout_is_separate": self.heldout_is_separate}
+        """Plain JSON: a score that was not measured (NaN) is null."""
+        def clean(scores: Scores) -> dict[str, float | None]:
+            return {k: (None if v != v else v) for k, v in asdict(scores).items()}
+
+        return {"promote": self.promote, "reason": self.reason, "live": clean(self.live),
+                "candidate": clean(self.candidate), "heldout_is_separate": self.heldout_is_separate}
 
 
 @contextmanager
@@ -249,19 +257,26 @@ def eval_pass_rate(model: Any, tokenizer: Any, render: Callable[..., list[int]],
 
 def score(model: Any, tokenizer: Any, render: Callable[..., list[int]], heldout: Sequence[Example],
           evals: Sequence[Example], guard: Sequence[str], eos_ids: set[int],
-          general: tuple[float, float, float] | None = None) -> Scores:
+          general: tuple[float, float, float] | None = None, match: bool = True) -> Scores:
     """All the numbers; ``general`` (eval loss, guard perplexity, eval pass rate) skips those that
-    do not depend on the user, when they are already known for these weights."""
+    do not depend on the user, when they are already known for these weights. ``match=False``
+    leaves the held-out answer match unmeasured (NaN): see ``add_match``."""
     if general is None:
         general = (answer_loss(model, tokenizer, render, evals), perplexity(model, tokenizer, guard),
                    eval_pass_rate(model, tokenizer, render, evals, eos_ids))
     return Scores(
         user_loss=answer_loss(model, tokenizer, render, heldout),
-        user_match=answer_match(model, tokenizer, render, heldout, eos_ids),
+        user_match=answer_match(model, tokenizer, render, heldout, eos_ids) if match else float("nan"),
         eval_loss=general[0],
         guard_ppl=general[1],
         eval_pass=general[2],
     )
+
+
+def loss_improved(live: Scores, cand: Scores, min_gain: float = 0.02) -> bool:
+    """The candidate's held-out loss alone already shows the improvement ``decide`` asks for, so
+    the held-out answer match (greedy generation on both sides) need not be measured."""
+    return cand.user_loss < live.user_loss * (1 - min_gain)
 
 
 def fingerprint(evals: Sequence[Example], guard: Sequence[str]) -> str:
@@ -278,7 +293,7 @@ def fingerprint(evals: Sequence[Example], guard: Sequence[str]) -> str:
 
 def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool, min_gain: float = 0.02) -> Decision:
     """Apply the promotion rule to two sets of scores."""
-    improved = cand.user_loss < live.user_loss * (1 - min_gain) or cand.user_match > live.user_match
+    improved = loss_improved(live, cand, min_gain) or cand.user_match > live.user_match
     loss_ok = cand.eval_loss <= live.eval_loss * (1 + max(settings.eval_tolerance, 0.0)) + 1e-9 or math.isnan(live.eval_loss)
     pass_ok = (math.isnan(live.eval_pass) or math.isnan(cand.eval_pass)
                or cand.eval_pass >= live.eval_pass - settings.eval_pass_tolerance - 1e-9)

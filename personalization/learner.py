@@ -196,16 +196,26 @@ class Learner:
             # The live side's eval loss and guard perplexity do not depend on the user's data:
             # reuse them from the live version's meta.json, or from the base model's cache.
             known = self._known_general(engine, pack_id, source, sets)
-            if source:
-                live_scores = self._score_live(engine, source[0], source[1], data, evals, guard, known)
-            else:
-                with model.disable_adapter():
-                    live_scores = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard,
-                                                 engine.eos_ids, known)
+            # The held-out answer match (greedy answers on both sides) is only measured when the
+            # held-out loss alone does not already show the improvement the gate asks for.
+            live_model = self._live_model(engine, source) if source else None
+            with (gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()):
+                scorer = live_model if live_model is not None else model
+                live_scores = gate_mod.score(scorer, engine.tokenizer, engine.render, data.heldout, evals, guard,
+                                             engine.eos_ids, known, match=False)
+            if source is None:
                 self._base_general[(engine.name, pack_id, sets)] = (live_scores.eval_loss, live_scores.guard_ppl,
                                                                     live_scores.eval_pass)
             with gate_mod.merged(model):  # scored after the live side, which may use the same base weights
-                cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids)
+                cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids,
+                                      match=False)
+                if not gate_mod.loss_improved(live_scores, cand):
+                    cand.user_match = gate_mod.answer_match(model, engine.tokenizer, engine.render, data.heldout,
+                                                            engine.eos_ids)
+            if cand.user_match == cand.user_match:  # measured: the live side too, for the comparison
+                with (gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()):
+                    live_scores.user_match = gate_mod.answer_match(scorer, engine.tokenizer, engine.render,
+                                                                   data.heldout, engine.eos_ids)
             decision = gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate)
             version = None
             if decision.promote:
@@ -264,18 +274,20 @@ class Learner:
             return None
         cand = meta.get("gate", {}).get("candidate", {})
         if meta.get("gate_sets") == sets and all(k in cand for k in ("eval_loss", "guard_ppl", "eval_pass")):
-            return float(cand["eval_loss"]), float(cand["guard_ppl"]), float(cand["eval_pass"])
+            def num(v: Any) -> float:
+                return float("nan") if v is None else float(v)  # null: not measurable on these sets
+
+            return num(cand["eval_loss"]), num(cand["guard_ppl"]), num(cand["eval_pass"])
         return None
 
-    def _score_live(self, engine: Any, store: AdapterStore, live: str, data: Any, evals: Any, guard: Any,
-                    known: tuple[float, float, float] | None) -> gate_mod.Scores:
+    def _live_model(self, engine: Any, source: Any) -> Any:
+        """The live adapter (a user's or the pack's) on its own float32 copy of the base weights."""
         from peft import PeftModel
 
-        base = self._base_model(engine)
-        model = PeftModel.from_pretrained(base, str(store.path(live)))
+        store, live = source
+        model = PeftModel.from_pretrained(self._base_model(engine), str(store.path(live)))
         model.eval()
-        with gate_mod.merged(model):
-            return gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids, known)
+        return model
 
     def _meta(self, engine: Any, data: Any, result: Any, decision: Any, parent: str | None) -> dict[str, Any]:
         libs = {}

@@ -222,17 +222,21 @@ def test_two_users_cross_leak_and_variant_subset(tmp_path, tiny_engine, monkeypa
     second["id"] = "tiny-u2"
     second["sessions"][0][0]["user"] = "Hi, I'm Ben. My bank is Northwind."
     data["users"].append(second)
+    third = copy.deepcopy(data["users"][0])
+    third["id"] = "tiny-u3"
+    data["users"].append(third)
     suite = _write(tmp_path, data)
     out = tmp_path / "out"
     a = _tiny_assistant(tiny_engine, out, monkeypatch)
     report = bench.run_bench([str(suite)], _cfg(out, variants=("base", "memory+adapter")), assistant=a, progress=False)
     assert set(report["variants"]) == {"base", "memory+adapter"}
     cross = report["leakage"]["cross_user"]
-    # u1's leak probe (Ben's bank) must not go through Ben (u2), who owns the secret: no target left
-    # for it; u2's probe goes through u1.
-    assert cross["probes"] == 1
-    assert cross["pairs"][0]["from"] == "tiny-u2" and cross["pairs"][0]["through"] == "tiny-u1"
-    assert [u["user"] for u in report["users"]] == ["tiny-u1", "tiny-u2"]
+    # Every user's leak probe (Ben's bank) goes through every other user except Ben (u2), who owns
+    # the secret.
+    assert {(p["from"], p["through"]) for p in cross["pairs"]} == {
+        ("tiny-u1", "tiny-u3"), ("tiny-u2", "tiny-u3"), ("tiny-u2", "tiny-u1"), ("tiny-u3", "tiny-u1")}
+    assert cross["probes"] == 4
+    assert [u["user"] for u in report["users"]] == ["tiny-u1", "tiny-u2", "tiny-u3"]
     assert bench.run_bench([str(suite)], _cfg(out, variants=("base",), limit_users=1), assistant=a,
                            progress=False)["suites"][0]["users"] == 1
 

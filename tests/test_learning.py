@@ -198,6 +198,16 @@ def test_gate_promotes_only_real_improvements_without_regressions():
     forgetful = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=2.0, guard_ppl=30.0)
     assert not gate.decide(live, forgetful, s, True).promote
     assert "REJECTED" in d.table()
+    # When the held-out loss already shows the gain, the answer match is not measured (NaN):
+    # the decision stands on the loss, the table shows a dash and the JSON a null.
+    nan = float("nan")
+    live_nm = gate.Scores(user_loss=2.0, user_match=nan, eval_loss=2.0, guard_ppl=20.0)
+    cand_nm = gate.Scores(user_loss=0.5, user_match=nan, eval_loss=2.0, guard_ppl=20.0)
+    assert gate.loss_improved(live_nm, cand_nm)
+    d3 = gate.decide(live_nm, cand_nm, s, True)
+    assert d3.promote and d3.to_json()["candidate"]["user_match"] is None
+    assert "–" in d3.table() and "nan" not in d3.table()
+    assert not gate.loss_improved(live_nm, gate.Scores(1.99, nan, 2.0, 20.0))  # under the 2% minimum gain
 
 
 @pytest.mark.parametrize("moment", ["training", "saving"])

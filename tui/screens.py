@@ -271,6 +271,8 @@ GATE_ROWS = [
 
 
 def _fmt(fmt: str, value: Any) -> str:
+    if value is None or value != value:  # null / NaN: not measured
+        return "–"
     try:
         return fmt.format(value)
     except (TypeError, ValueError):
