@@ -71,14 +71,16 @@ class CancelToken:
 
 @dataclass
 class KVSession:
-    """A conversation's KV cache and the token ids it holds."""
+    """A conversation's KV cache, the token ids it holds and the adapter it was computed with."""
 
     ids: list[int] = field(default_factory=list)
     cache: Any = None
+    adapter: str | None = None
 
     def reset(self) -> None:
         self.ids = []
         self.cache = None
+        self.adapter = None
 
 
 class Generation:
@@ -156,6 +158,10 @@ class Engine:
         self.adapter_id: str | None = None
         self._base_weights: dict[str, Any] = {}
         self._generating = 0
+        # The prompt KV of the last conversation that started from scratch (prefill dtype): a new
+        # conversation shares at least the system prompt with it, so that part is not prefilled
+        # again. Valid for one adapter state only.
+        self._shared = KVSession()
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -250,15 +256,19 @@ class Engine:
         torch = self._torch
         with self.lock, torch.inference_mode(), self._busy():
             t0 = time.perf_counter()
+            fresh = session.cache is None or session.adapter != self.adapter_id
             cache, start = self._reuse(session, ids)
             stats.cached_tokens = start
             session.ids, session.cache = ids[:start], cache  # valid even if we stop early
+            session.adapter = self.adapter_id
             budget = min(params.max_new_tokens, self.context_tokens - len(ids))
             generator = None
             if params.temperature > 0:
                 generator = torch.Generator().manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**31))
             logits = self._forward(self.prefill_dtype, ids[start:], cache)
             session.ids = list(ids)
+            if fresh:
+                self._shared = KVSession(list(ids), _copy_cache(cache, len(ids), self.config), self.adapter_id)
             if self.decode_dtype != self.prefill_dtype:
                 _cast_cache(cache, _dtype(self.decode_dtype))
             decoder = _Detokenizer(self.tokenizer, params.stop)
@@ -318,21 +328,31 @@ class Engine:
         return _Busy()
 
     def _reuse(self, session: KVSession, ids: list[int]) -> tuple[Any, int]:
+        """The cache to prefill ``ids`` into and how many of them it already holds: the session's
+        own (longest common prefix), else a copy of the shared prompt prefix, else an empty one.
+        A cache computed with other weights (another adapter merged) is never reused."""
         from transformers import DynamicCache
 
-        if session.cache is None or not session.ids:
-            return DynamicCache(config=self.config), 0
-        common = 0
-        for a, b in zip(session.ids, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # prefill at least one token to get logits
-        if common <= 0:
-            return DynamicCache(config=self.config), 0
-        _crop_cache(session.cache, common)
-        _cast_cache(session.cache, _dtype(self.prefill_dtype))
-        return session.cache, common
+        def common_prefix(held: list[int]) -> int:
+            n = 0
+            for a, b in zip(held, ids):
+                if a != b:
+                    break
+                n += 1
+            return min(n, len(ids) - 1)  # prefill at least one token to get logits
+
+        if session.cache is not None and session.ids and session.adapter == self.adapter_id:
+            common = common_prefix(session.ids)
+            if common > 0:
+                _crop_cache(session.cache, common)
+                _cast_cache(session.cache, _dtype(self.prefill_dtype))
+                return session.cache, common
+        shared = self._shared
+        if shared.cache is not None and shared.adapter == self.adapter_id:
+            common = common_prefix(shared.ids)
+            if common >= 16:
+                return _copy_cache(shared.cache, common, self.config), common
+        return DynamicCache(config=self.config), 0
 
     def _forward(self, dtype_name: str, ids: list[int], cache: Any):
         torch = self._torch
@@ -384,6 +404,7 @@ class Engine:
                 for name, delta in deltas.items():
                     self._load_weight(name, self._base_weights[name] + delta.float())
             self.adapter_id = adapter_id if deltas else None
+            self._shared = KVSession()
 
     def _load_weight(self, name: str, weight: Any) -> None:
         """Put a float32 ``weight`` into parameter ``name`` of every copy of the model."""
@@ -479,6 +500,16 @@ def _crop_cache(cache: Any, length: int) -> None:
         if layer.keys.numel():
             layer.keys = layer.keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
+
+
+def _copy_cache(cache: Any, length: int, config: Any) -> Any:
+    """A new cache holding copies of the first ``length`` positions of ``cache``."""
+    from transformers import DynamicCache
+
+    out = DynamicCache(config=config)
+    for i, layer in enumerate(_layers(cache)):
+        out.update(layer.keys[..., :length, :].clone(), layer.values[..., :length, :].clone(), i)
+    return out
 
 
 def _cast_cache(cache: Any, dtype: Any) -> None:

@@ -14,6 +14,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out=Path(args.out), variants=bench.parse_variants(args.variants), seed=args.seed,
         limit_users=args.limit_users, quick=args.quick,
         max_new_tokens=args.max_tokens if args.max_tokens is not None else (32 if args.quick else 48),
+        replay_tokens=16 if args.quick else 32,
         max_steps=args.steps if args.steps is not None else (8 if args.quick else 30),
         time_budget_s=args.time_budget if args.time_budget is not None else (10.0 if args.quick else 40.0),
     )
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated subset of base,memory,adapter,memory+adapter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="3 users per suite, 8 learning steps / 10 s, 32-token probe answers")
+                   help="3 users per suite, 8 learning steps / 10 s, 32-token probe answers, 16-token replies in replay")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per probe answer (default 48; --quick 32)")
     p.add_argument("--steps", type=int, default=None, help="learning steps per user (default 30; --quick 8)")
     p.add_argument("--time-budget", type=float, default=None, help="training seconds per user (default 40; --quick 10)")

@@ -117,6 +117,40 @@ def test_int8_decode_follows_the_float_model(tiny_tokenizer):
         Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, prefill_dtype="int8")
 
 
+def test_new_conversations_reuse_the_shared_prompt_prefix_but_never_across_adapters(tiny_tokenizer):
+    import torch
+
+    system = {"role": "system", "content": "You are a helpful assistant who answers briefly and kindly."}
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    params = GenParams(temperature=0, max_new_tokens=8)
+    first = engine.stream(engine.render([system, {"role": "user", "content": "Hello there"}]), params, session=KVSession())
+    first.collect()
+    assert first.stats.cached_tokens == 0
+    ids = engine.render([system, {"role": "user", "content": "What is a good soup?"}])
+    second = engine.stream(ids, params, session=KVSession())  # another conversation, same system prompt
+    text = second.collect()
+    assert second.stats.cached_tokens >= len(engine.render([system])) - 4
+    cold = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    assert text == cold.stream(ids, params).collect()  # the same answer as without any cache
+    # another adapter merged: neither the shared prefix nor a conversation's own cache is reused
+    session = KVSession()
+    engine.stream(ids, params, session=session).collect()
+    name = "model.layers.0.self_attn.k_proj.weight"
+    engine.set_adapter("ann/general/v0001", {name: torch.full_like(dict(engine.model.named_parameters())[name], 0.3)})
+    again = engine.stream(ids, params, session=session)  # its own cache holds the old weights' KV
+    again.collect()
+    assert again.stats.cached_tokens == 0 and session.adapter == "ann/general/v0001"
+    engine.set_adapter(None, None)
+    other = engine.stream(ids, params, session=KVSession())  # the shared prefix was the adapter's
+    other.collect()
+    assert other.stats.cached_tokens == 0
+    engine.set_adapter("ann/general/v0001", {name: torch.full_like(dict(engine.model.named_parameters())[name], 0.3)})
+    engine.stream(ids, params, session=KVSession()).collect()
+    later = engine.stream(ids, params, session=KVSession())  # computed with this adapter: reused
+    later.collect()
+    assert later.stats.cached_tokens > 0
+
+
 def test_stop_strings_are_not_emitted(tiny_engine):
     ids = tiny_engine.render(MSGS)
     full = tiny_engine.stream(ids, GenParams(temperature=0, max_new_tokens=30)).collect()
