@@ -310,6 +310,12 @@ class Engine:
             if t_first is not None:
                 stats.decode_s = time.perf_counter() - t_first
 
+    def clear_shared_prefix(self) -> None:
+        """Forget the shared prompt prefix: the next new conversation prefills from scratch
+        (cold-start measurements; outputs exactly as a fresh process gives them)."""
+        with self.lock:
+            self._shared = KVSession()
+
     @property
     def generating(self) -> bool:
         """True while a reply is being generated (background training yields to it)."""

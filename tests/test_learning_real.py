@@ -29,6 +29,9 @@ def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
                                       {"role": "user", "content": NEW_PHRASINGS[0]}], TAUGHT)
     base_answers = [_greedy(real_engine, pack, q) for q in NEW_PHRASINGS]
     assert not any("Biscuit" in a for a in base_answers)
+    # Cold prefills on both sides of the comparison below: a prompt prefix reused from another
+    # conversation's KV is the same maths in other chunks, which bfloat16 may round differently.
+    real_engine.clear_shared_prefix()
     plain_before = assistant.chat("kim", "chef", use_memory=False, use_adapter=False).send(
         NEW_PHRASINGS[1], temperature=0, max_new_tokens=24).collect()
     for q in TRAIN_PHRASINGS:  # memory off: only the adapter can carry the fact
@@ -49,6 +52,8 @@ def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
     answers = [_greedy(real_engine, pack, q) for q in NEW_PHRASINGS]
     assert sum("Biscuit" in a for a in answers) >= 3, answers
     base_chat = assistant.chat("kim", "chef", use_memory=False, use_adapter=False)
+    real_engine.set_adapter(None, None)
+    real_engine.clear_shared_prefix()
     base_reply = base_chat.send(NEW_PHRASINGS[1], temperature=0, max_new_tokens=24).collect()
     assert base_reply == plain_before  # --no-adapter: exactly the base model's output
     cand, live = result.decision.candidate, result.decision.live
