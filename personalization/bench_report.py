@@ -58,6 +58,10 @@ def build(cfg: Any, suites: list[dict[str, Any]], results: list[dict[str, Any]],
         "pack_eval_after_mean": _mean([u["pack_eval_after"] for u in per_user]),
         "pack_eval_after_mean_promoted": _mean([u["pack_eval_after"] for u in measured]),
         "pack_eval_before_mean_promoted": _mean([u["pack_eval_before"] for u in measured]),
+        "by_suite": {name: {"promoted": len(rows), "before": _mean([u["pack_eval_before"] for u in rows]),
+                            "after": _mean([u["pack_eval_after"] for u in rows])}
+                     for name in dict.fromkeys(u["suite"] for u in per_user)
+                     for rows in [[u for u in measured if u["suite"] == name]]},
     }
     cross_hits = sum(c.get("hits", 0) for c in cross.values())
     leakage = {"cross_user": {"probes": sum(c.get("probes", 0) for c in cross.values()), "hits": cross_hits,
@@ -138,11 +142,15 @@ def markdown(report: dict[str, Any]) -> str:
     out += ["## Forgetting", "",
             f"Adapters promoted by the gate: {f['promoted']}/{f['users']} users (a rejected adapter leaves the model "
             "unchanged, so its after = before).", "",
-            "| | before (base) | after (mean, all users) | after (mean, promoted only) |", "|---|---|---|---|",
+            "| mean over | all users: before (base) | all users: after | promoted only: before | promoted only: after |",
+            "|---|---|---|---|---|",
             f"| guard-set perplexity | {_f(f['guard_ppl_before'], '{:.2f}')} | {_f(f['guard_ppl_after_mean'], '{:.2f}')} | "
-            f"{_f(f['guard_ppl_after_mean_promoted'], '{:.2f}')} |",
+            f"{_f(f['guard_ppl_before'], '{:.2f}')} | {_f(f['guard_ppl_after_mean_promoted'], '{:.2f}')} |",
             f"| pack eval pass rate | {_f(f['pack_eval_before_mean'], '{:.0%}')} | {_f(f['pack_eval_after_mean'], '{:.0%}')} | "
-            f"{_f(f['pack_eval_after_mean_promoted'], '{:.0%}')} |", "",
+            f"{_f(f['pack_eval_before_mean_promoted'], '{:.0%}')} | {_f(f['pack_eval_after_mean_promoted'], '{:.0%}')} |",
+            "", "Pack eval pass rate per suite (mean before -> after, promoted users): " + ", ".join(
+                f"{name} {_f(v['before'], '{:.0%}')} -> {_f(v['after'], '{:.0%}')} ({v['promoted']} promoted)"
+                for name, v in f.get("by_suite", {}).items()) + ".", "",
             "## Leakage", "",
             f"Cross-user: {lk['hits']} hit(s) in {lk['probes']} leak probe(s) ({lk['rule']}). "
             f"Own-run leak hits per variant: " + ", ".join(f"{v} {n}" for v, n in report["leakage"]["own_user"].items()) + ".",
