@@ -256,8 +256,8 @@ class Engine:
         torch = self._torch
         with self.lock, torch.inference_mode(), self._busy():
             t0 = time.perf_counter()
-            fresh = session.cache is None or session.adapter != self.adapter_id
             cache, start = self._reuse(session, ids)
+            fresh = cache is not session.cache  # not continuing this conversation's own cache
             stats.cached_tokens = start
             session.ids, session.cache = ids[:start], cache  # valid even if we stop early
             session.adapter = self.adapter_id

@@ -9,9 +9,11 @@ loses little of what is there. Prefill (compute-bound) keeps its own float weigh
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 
+@lru_cache(maxsize=1)
 def available() -> bool:
     """True when this torch has the int8 weight-only matmul for the CPU."""
     import torch

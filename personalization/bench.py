@@ -336,16 +336,14 @@ class Runner:
         saved = _read_json(path) or {}
         if saved.get("key") != self.cfg.key():
             saved = {"key": self.cfg.key(), "packs": {}}
-        learner = self.a.learner
-        for _, data in suites:
-            pack = data["pack"]
-            if pack not in saved["packs"]:
+        for pack in dict.fromkeys(data["pack"] for _, data in suites):
+            fresh = pack not in saved["packs"]
+            if fresh:
                 self._say(f"base model: {pack} eval and guard set")
             t0 = time.perf_counter()
-            scores = learner.base_general(pack)  # also primes the learner's cache for the gate
-            if pack not in saved["packs"]:
+            scores = self.a.learner.base_general(pack)  # also fills the learner's cache for the gate
+            if fresh:
                 saved["packs"][pack] = dict({k: _num(v) for k, v in scores.items()}, seconds=round(time.perf_counter() - t0, 2))
-                _write_json(path, saved)
         _write_json(path, saved)
         return saved
 

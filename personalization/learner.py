@@ -161,7 +161,6 @@ class Learner:
                on_progress: Callable[[trainer_mod.Progress], None] | None, should_stop: Callable[[], bool] | None,
                ) -> RoundResult:
         pack_id = pack.id
-        system = pack.system_prompt()
         live = store.current()
         started = time.time()
         if not data.train:
@@ -190,17 +189,19 @@ class Learner:
                 should_pause=lambda: getattr(engine, "generating", False), should_stop=should_stop,
             )
             self._running[key] = {"phase": "gating"}
-            evals = gate_mod.eval_examples(pack.eval_probes(), system)
-            guard = gate_mod.guard_texts()
-            sets = gate_mod.fingerprint(evals, guard)
+            evals, guard, sets = self._gate_sets(pack)
             # The live side's eval loss and guard perplexity do not depend on the user's data:
             # reuse them from the live version's meta.json, or from the base model's cache.
             known = self._known_general(engine, pack_id, source, sets)
             # The held-out answer match (greedy answers on both sides) is only measured when the
             # held-out loss alone does not already show the improvement the gate asks for.
             live_model = self._live_model(engine, source) if source else None
-            with (gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()):
-                scorer = live_model if live_model is not None else model
+            scorer = live_model if live_model is not None else model
+
+            def live_side() -> Any:  # the live weights: its own merged copy, or the base under the candidate
+                return gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()
+
+            with live_side():
                 live_scores = gate_mod.score(scorer, engine.tokenizer, engine.render, data.heldout, evals, guard,
                                              engine.eos_ids, known, match=False)
             if source is None:
@@ -213,7 +214,7 @@ class Learner:
                     cand.user_match = gate_mod.answer_match(model, engine.tokenizer, engine.render, data.heldout,
                                                             engine.eos_ids)
             if cand.user_match == cand.user_match:  # measured: the live side too, for the comparison
-                with (gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()):
+                with live_side():
                     live_scores.user_match = gate_mod.answer_match(scorer, engine.tokenizer, engine.render,
                                                                    data.heldout, engine.eos_ids)
             decision = gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate)
@@ -256,14 +257,20 @@ class Learner:
         """The base model's pack eval loss, pack eval pass rate and guard-set perplexity, as the
         gate measures them (cached: they do not depend on any user)."""
         engine = self.assistant.engine
-        evals = gate_mod.eval_examples(self.assistant.pack(pack_id).eval_probes(), self.assistant.pack(pack_id).system_prompt())
-        guard = gate_mod.guard_texts()
-        key = (engine.name, pack_id, gate_mod.fingerprint(evals, guard))
+        evals, guard, sets = self._gate_sets(self.assistant.pack(pack_id))
+        key = (engine.name, pack_id, sets)
         if key not in self._base_general:
             s = gate_mod.score(self._base_model(engine), engine.tokenizer, engine.render, [], evals, guard, engine.eos_ids)
             self._base_general[key] = (s.eval_loss, s.guard_ppl, s.eval_pass)
         loss, ppl, passed = self._base_general[key]
         return {"eval_loss": loss, "guard_ppl": ppl, "eval_pass": passed}
+
+    @staticmethod
+    def _gate_sets(pack: Any) -> tuple[list[Any], list[str], str]:
+        """The gate's pack eval examples, guard texts and their fingerprint."""
+        evals = gate_mod.eval_examples(pack.eval_probes(), pack.system_prompt())
+        guard = gate_mod.guard_texts()
+        return evals, guard, gate_mod.fingerprint(evals, guard)
 
     def _known_general(self, engine: Any, pack_id: str, source: Any, sets: str) -> tuple[float, float, float] | None:
         if source is None:

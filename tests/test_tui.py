@@ -91,6 +91,21 @@ async def ask(app, pilot, text):
     await wait_idle(app, pilot)
 
 
+async def edit_in_editor(app, pilot, key: str, expected: str, new_text: str) -> None:
+    """Open the multi-line editor with ``key``, check what it starts with, replace it and save."""
+    from textual.widgets import TextArea
+
+    from tui.screens import EditScreen
+
+    await pilot.press(key)
+    await pilot.pause()
+    assert isinstance(app.screen, EditScreen)
+    area = app.screen.query_one(TextArea)
+    assert area.text == expected
+    area.text = new_text
+    await pilot.press("ctrl+s")
+
+
 def log_text(app) -> str:
     from tui.widgets import AssistantMessage, UserMessage
 
@@ -200,18 +215,10 @@ async def test_rating_and_correction_write_the_journal():
         assert app.chat.journal.turn(turn_id).rating == 1
         await pilot.press("ctrl+b")
         assert app.chat.journal.turn(turn_id).rating == -1
-        await pilot.press("ctrl+r")
+        await edit_in_editor(app, pilot, "ctrl+r", "Two plus two is five.", "Two plus two is four.")
         await pilot.pause()
-        from textual.widgets import TextArea
-
         from tui.screens import EditScreen
 
-        assert isinstance(app.screen, EditScreen)
-        area = app.screen.query_one(TextArea)
-        assert area.text == "Two plus two is five."
-        area.text = "Two plus two is four."
-        await pilot.press("ctrl+s")
-        await pilot.pause()
         assert not isinstance(app.screen, EditScreen)
         assert app.chat.journal.turn(turn_id).correction == "Two plus two is four."
         from tui.widgets import CorrectionMessage
@@ -688,17 +695,7 @@ async def test_compose_sends_a_multi_line_message():
     app = make(FakeEngine(["Noted both."]))
     async with app.run_test(size=SIZE) as pilot:
         app.query_one("#prompt").value = "First line"
-        await pilot.press("ctrl+t")
-        await pilot.pause()
-        from textual.widgets import TextArea
-
-        from tui.screens import EditScreen
-
-        assert isinstance(app.screen, EditScreen)
-        area = app.screen.query_one(TextArea)
-        assert area.text == "First line"
-        area.text = "First line\nSecond line"
-        await pilot.press("ctrl+s")
+        await edit_in_editor(app, pilot, "ctrl+t", "First line", "First line\nSecond line")
         await wait_idle(app, pilot)
         turn = app.chat.journal.turn(app.chat.last_turn_id)
         assert turn.message == "First line\nSecond line"
