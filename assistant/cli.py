@@ -42,11 +42,14 @@ def _gen_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_sources(reply: Any) -> None:
-    if reply.memories:
-        _err("\n[used memories]")
-        for m in reply.memories:
-            cite = f" ({m.citation})" if m.citation else ""
-            _err(f"  [{m.short_id}] {m.kind}{cite}: {m.text[:100]}")
+    """What the answer used, as the TUI's panel shows it: notes by file and heading, memories by text."""
+    if reply.sources:
+        _err("\n[sources]")
+        for i, s in enumerate(reply.sources, 1):
+            if s["kind"] == "knowledge":
+                _err(f"  [{i}] note: {s['file']} > {s['heading']}")
+            else:
+                _err(f"  [{i}] your {s['kind']} ({s['id']}): {s['text'][:100]}")
 
 
 # ------------------------------------------------------------------------------ commands

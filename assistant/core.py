@@ -18,6 +18,7 @@ from assistant import packs as packs_mod
 from assistant import prompt as prompt_mod
 from assistant import safety
 from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
+from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
 from assistant.errors import PromptError
 from assistant.settings import Settings
 
@@ -157,6 +158,23 @@ class Reply:
     turn_id: str | None = None
     text: str = ""
     adapter: str | None = None
+    # How the answer was made: "" (the model), "memory" / "abstain" (from the user's memories),
+    # "notes" (led by the pack's notes); numbers withheld by the check; the prompt as sent.
+    grounding: str = ""
+    withheld: list[str] = field(default_factory=list)
+    prompt: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[dict[str, str]]:
+        """What the answer used, as data: memory ids, or knowledge file and heading."""
+        out = []
+        for m in self.memories:
+            if m.kind == "knowledge":
+                file, _, heading = m.citation.partition(" > ")
+                out.append({"id": m.memory_id, "kind": m.kind, "file": file, "heading": heading, "text": m.text})
+            else:
+                out.append({"id": m.memory_id, "kind": m.kind, "text": m.text})
+        return out
 
     def __iter__(self) -> Iterator[str]:
         for chunk in self.chunks:
@@ -209,17 +227,18 @@ class Chat:
         text = clean_message(message)
         check = safety.before(self.pack, text)
         store = self.assistant.memory(self.user) if self.use_memory else None
-        recalled = []
-        if store is not None and check.replace is None:  # an emergency answer needs no recall
-            recalled = store.recall_for_prompt(text, self.pack.id, self.assistant.engine.count_tokens,
-                                               self.assistant.settings.memory)
-        sent = prompt_mod.user_block(text, recalled)
-        reply = Reply(iter(()), memories=recalled, flags=check.flags)
-        reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides)
+        plan = Plan()
+        if check.replace is None and scripted_reply is None:  # an emergency answer needs no recall
+            plan = plan_answer(self, text, store)
+        elif store is not None and check.replace is None:
+            plan.recalled = store_recall(self, text, store)
+        sent = prompt_mod.user_block(text, plan.recalled, plan.style)
+        reply = Reply(iter(()), memories=plan.used or plan.recalled, flags=check.flags)
+        reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides, plan)
         return reply
 
     def _stream(self, reply: Reply, text: str, sent: str, check: safety.Check, store: Any,
-                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any]) -> Iterator[str]:
+                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any], plan: "Plan") -> Iterator[str]:
         from personalization.journal import Turn, new_turn_id
 
         engine = self.assistant.engine
@@ -234,23 +253,35 @@ class Chat:
             model_text = scripted
             reply.stats.finish_reason = "scripted"
             yield scripted
+        elif plan.answer is not None:
+            model_text = plan.answer
+            reply.stats.finish_reason = plan.kind
+            reply.grounding = plan.kind
+            yield plan.answer
         else:
             self._select_adapter(engine, reply)
             built = prompt_mod.build(engine, self.pack.system_prompt(), self.history[-self._max_turns():], sent,
                                      params.max_new_tokens)
             messages = built.messages
+            reply.prompt = messages
             if check.prefix:
                 yield check.prefix
-            gen = engine.stream(built.ids, params, session=self.kv, cancel=cancel)
-            for chunk in gen:
+            ids = built.ids
+            if plan.lead:
+                ids = ids + engine.tokenizer(plan.lead, add_special_tokens=False)["input_ids"]
+                reply.grounding = "notes"
+                yield plan.lead
+            stream = GroundedStream(engine, ids, params, self.kv, cancel, plan, support=self._support(text, plan))
+            for chunk in stream:
                 yield chunk
-            model_text = gen.text
-            reply.stats = gen.stats
+            model_text = plan.lead + stream.text
+            reply.stats = stream.stats
+            reply.withheld = stream.withheld
         facts = [m.text for m in store.list(kinds=("fact", "preference"))] if store is not None else []
         tail = "" if check.replace is not None else safety.after(self.pack, model_text, facts, check.flags)
         if tail:
             yield tail
-        full = (check.prefix if check.replace is None and scripted is None else "") + model_text + tail
+        full = (check.prefix if check.replace is None and scripted is None and plan.answer is None else "") + model_text + tail
         turn = Turn(
             id=new_turn_id(), conversation_id=self.conversation_id, pack=self.pack.id, created=time.time(),
             message=text, prompt=messages or [{"role": "user", "content": sent}], reply=full,
@@ -262,11 +293,20 @@ class Chat:
         self.history.append((sent, model_text))
         if store is not None:
             store.learn_from_message(text, pack=self.pack.id, turn_id=turn.id, hints=self.pack.extraction_hints)
-            # An episode, for "what did we talk about?" (recalled only for such questions).
+            # Every user turn is kept in their words (recalled for questions about them, and for
+            # "what did we talk about"); a turn that yielded facts is represented by those.
             day = time.strftime("%Y-%m-%d", time.localtime(turn.created))
             store.add(f"On {day} (in {self.pack.name}) you wrote: {text[:300]}", "episode", pack=self.pack.id,
                       source_turn=turn.id, supersede=False)
         self.assistant.notify_turn(self.user, self.pack.id)
+
+    def _support(self, text: str, plan: "Plan") -> list[str]:
+        """What numbers in an answer may come from: notes, rules, memories, the question, the history."""
+        out = [text, self.pack.system_prompt(), plan.lead]
+        out += [m.text for m in plan.recalled]
+        out += [f.message for f in self.pack.red_flags]
+        out += [sent + " " + answer for sent, answer in self.history[-self._max_turns():]]
+        return out
 
     def _max_turns(self) -> int:
         n = self.assistant.settings.chat.history_turns
@@ -301,5 +341,10 @@ class Chat:
         if target is None:
             raise PromptError("there is no answer to correct yet")
         self.journal.correct(target, correction)
+        if target == self.last_turn_id and self.history:
+            # The model must not see (and repeat) the answer the user corrected.
+            sent, _ = self.history[-1]
+            self.history[-1] = (sent, correction.strip())
+            self.kv.reset()
         self.assistant.notify_turn(self.user, self.pack.id)
         return target

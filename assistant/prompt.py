@@ -31,20 +31,23 @@ class Built:
     dropped_turns: int
 
 
-def user_block(message: str, recalled: Sequence[Recalled]) -> str:
-    """The user turn as sent: recalled memories (with short ids) above the message."""
-    if not recalled:
+def user_block(message: str, recalled: Sequence[Recalled], style: Sequence[str] = ()) -> str:
+    """The user turn as sent: what is known about the user and the pack's notes above the message,
+    the answer style the user asked for right before it.
+
+    No ids, file names or headings go into the text: a small model copies whatever markup it is
+    shown into its answer. Sources travel as data (``Reply.sources``)."""
+    if not recalled and not style:
         return message
     about = [r for r in recalled if r.kind != "knowledge"]
     knowledge = [r for r in recalled if r.kind == "knowledge"]
     parts: list[str] = []
     if about:
-        parts.append("What I know about you:\n" + "\n".join(f"[{r.short_id}] {r.text}" for r in about))
+        parts.append("What I told you about myself:\n" + "\n".join(f"- {r.text}" for r in about))
     if knowledge:
-        parts.append(
-            "Reference notes:\n"
-            + "\n".join(f"[{r.short_id}] ({r.citation}) {r.text}" if r.citation else f"[{r.short_id}] {r.text}" for r in knowledge)
-        )
+        parts.append("Notes to answer from:\n" + "\n".join(f"- {r.text}" for r in knowledge))
+    if style:
+        parts.append("How I want answers: " + " ".join(s.rstrip(".") + "." for s in style))
     return "\n\n".join(parts) + f"\n\nMy message: {message}"
 
 

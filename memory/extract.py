@@ -226,10 +226,45 @@ def _classify(sentence: str, hints: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+# "I live in Paris and I have a small gas oven": two facts, so that a move supersedes the city
+# and not the oven. Split before a new subject, or before a bare verb that continues "I ...".
+_CLAUSE = re.compile(
+    r"\s*(?:,\s*)?\b(?:and|but|plus|while)\s+(?=(?:also\s+)?(?:i|i'm|i've|i'd|we|we're|we've|my|our)\b)"
+    r"|\s*(?:,\s*)?\band\s+(?=(?:live|work|have|cook|use|own|speak|drive|eat|study|teach|rent|keep|take)\b)",
+    re.I,
+)
+_NAME_ONLY = re.compile(r"^(?i:hi|hello|hey)?[,!\s]*(?i:i'?m|i am|my name is|this is|call me)\s+([A-Z][a-z]+(?: [A-Z][a-z]+)?)[.!]?$")
+_BACK_REFERENCE = re.compile(r"\b(it|its|them|this|that|these|those|there|one|him|her)\b", re.I)
+
+
+def _clauses(sentence: str) -> list[str]:
+    parts = _CLAUSE.split(sentence)
+    if len(parts) == 1:
+        return parts
+    first = parts[0].strip()
+    has_verb = re.match(r"^(?:i|i'm|i've|i'd|we|we're|we've)\b", first, re.I) or re.search(r"\b(is|are|was|were|has|have)\b", first, re.I)
+    if not has_verb or any(_BACK_REFERENCE.search(p) for p in parts[1:]):
+        return [sentence]
+    out = [parts[0]]
+    for part in parts[1:]:
+        part = part.strip()
+        if not re.match(r"^(?:also\s+)?(?:i|i'm|i've|i'd|we|we're|we've|my|our)\b", part, re.I):
+            part = "I " + part
+        out.append(part[0].upper() + part[1:])
+    return [p for p in out if len(p.split()) >= 2]
+
+
 def extract(message: str, hints: Sequence[str] = ()) -> list[Extracted]:
     """Facts and preferences stated in ``message`` (empty for questions and small talk)."""
     items: list[Extracted] = []
-    for sentence in _sentences(message):
+    sentences = []
+    for s in _sentences(message):
+        name = _NAME_ONLY.match(s.strip())
+        if name:
+            items.append(Extracted(text=f"My name is {name.group(1)}.", kind="fact", op="add", attribute="name"))
+            continue
+        sentences += _clauses(s)
+    for sentence in sentences:
         if len(sentence) > 400:
             continue
         result = _classify(sentence, hints)

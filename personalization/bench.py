@@ -449,8 +449,9 @@ class Runner:
         if "prefer" in probe:
             engine = self.a.engine
             chat._select_adapter(engine, Reply(iter(())))  # the variant's adapter (or none) is merged
-            messages = [{"role": "system", "content": chat.pack.system_prompt()},
-                        {"role": "user", "content": user_block(probe["ask"], reply.memories)}]
+            # Scored under the prompt the answer was generated from (a fixed answer had none).
+            messages = reply.prompt or [{"role": "system", "content": chat.pack.system_prompt()},
+                                        {"role": "user", "content": user_block(probe["ask"], reply.memories)}]
             lp_p, n_p = engine.score(messages, probe["prefer"])
             lp_o, n_o = engine.score(messages, probe["over"])
             margin = lp_p / max(n_p, 1) - lp_o / max(n_o, 1)

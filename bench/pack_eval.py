@@ -1,0 +1,90 @@
+"""Pack eval as a user gets it: every eval probe asked through the chat (knowledge recall on),
+beside the model alone (no memory, no notes), plus an audit of every number in the answers.
+
+    python -m bench.pack_eval [--packs chef,doctor,lawyer] [--limit N] [--out FILE]
+
+A number in an answer is *unsupported* when it appears in neither the notes the turn recalled,
+the pack's safety rules and red-flag messages, nor the question. The goal is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _support(pack: Any, probe: dict[str, Any], reply: Any) -> list[str]:
+    out = [probe["ask"], pack.system_prompt()] + [f.message for f in pack.red_flags]
+    return out + [m.text for m in reply.memories]
+
+
+def run_pack(assistant: Any, pack_id: str, limit: int | None, max_tokens: int) -> dict[str, Any]:
+    from assistant import grounding
+    from personalization.evaluate import check
+
+    pack = assistant.pack(pack_id)
+    probes = pack.eval_probes()[:limit] if limit else pack.eval_probes()
+    rows = []
+    for probe in probes:
+        row: dict[str, Any] = {"id": probe["id"], "ask": probe["ask"]}
+        for variant, use_memory in (("grounded", True), ("model_alone", False)):
+            chat = assistant.chat(f"eval-{pack_id}", pack_id, use_memory=use_memory, use_adapter=False, source="bench")
+            reply = chat.send(probe["ask"], temperature=0, max_new_tokens=max_tokens, seed=0)
+            answer = reply.collect()
+            passed = check(answer, probe.get("expect_any", ()), probe.get("expect_all", ()), probe.get("forbid", ()))
+            unsupported = sorted(grounding.numbers(answer) - set().union(*(grounding.numbers(s) for s in _support(pack, probe, reply))))
+            row[variant] = {"answer": answer, "passed": passed, "unsupported_numbers": unsupported,
+                            "grounding": reply.grounding, "sources": [s.get("file", s["id"]) for s in reply.sources]}
+        rows.append(row)
+        print(f"  {probe['id']}: grounded {'pass' if row['grounded']['passed'] else 'FAIL'}"
+              f" / alone {'pass' if row['model_alone']['passed'] else 'fail'}", file=sys.stderr)
+    n = len(rows)
+    summary = {
+        "n": n,
+        "grounded_pass_rate": sum(r["grounded"]["passed"] for r in rows) / n if n else 0.0,
+        "model_alone_pass_rate": sum(r["model_alone"]["passed"] for r in rows) / n if n else 0.0,
+        "grounded_unsupported_numbers": sum(len(r["grounded"]["unsupported_numbers"]) for r in rows),
+        "model_alone_unsupported_numbers": sum(len(r["model_alone"]["unsupported_numbers"]) for r in rows),
+        "led_by_notes": sum(r["grounded"]["grounding"] == "notes" for r in rows),
+    }
+    return {"pack": pack_id, "summary": summary, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.pack_eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--packs", default="chef,doctor,lawyer")
+    ap.add_argument("--limit", type=int, default=None, help="first N probes of each pack")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=None, help="write every answer as JSON here")
+    args = ap.parse_args(argv)
+    from assistant import paths, settings
+    from assistant.core import Assistant
+
+    models = paths.models_dir().resolve()
+    home = Path(tempfile.mkdtemp(prefix="pack-eval-"))
+    if models.is_dir():
+        (home / "models").symlink_to(models, target_is_directory=True)
+    os.environ["ASSISTANT_HOME"] = str(home)
+    assistant = Assistant(settings.load())
+    t0 = time.perf_counter()
+    results = [run_pack(assistant, p.strip(), args.limit, args.max_tokens) for p in args.packs.split(",") if p.strip()]
+    print(f"\nload average {os.getloadavg()[0]:.2f}; {time.perf_counter() - t0:.0f} s")
+    print("| pack | n | grounded (as a user gets it) | model alone | unsupported numbers (grounded / alone) | led by notes |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        s = r["summary"]
+        print(f"| {r['pack']} | {s['n']} | {s['grounded_pass_rate']:.0%} | {s['model_alone_pass_rate']:.0%} | "
+              f"{s['grounded_unsupported_numbers']} / {s['model_alone_unsupported_numbers']} | {s['led_by_notes']} |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""Recall for grounded answers: which of the user's memories answer a question about them, and
+which sentences of the pack's notes answer a domain question.
+
+Embedding similarity alone cannot tell "Which city do I live in?" -> "I moved to Lyon" (related)
+from "What is my sister's name?" -> "My locker code is 5812" (unrelated, yet similar in shape:
+both are about "my" something). So relevance here is two signals together:
+
+- the cosine similarity of question and memory (MiniLM, in [0, 1]), and
+- lexical evidence: the question's content words (stemmed, expanded with a small table of
+  everyday synonyms for personal attributes: "live" ~ "moved", "city", "home") found in the
+  memory. When the question names a thing of the user's ("my sister's name", "my oven"), the
+  memory must mention that thing.
+
+Nothing here knows any benchmark or pack: the synonym table is about people's lives in general.
+Every user turn is kept as an episode (see ``assistant.core``); an episode whose turn yielded
+extracted facts is represented by those facts (so a superseded fact cannot come back through its
+episode), others are candidates in their own right, so natural chat that the extraction rules
+miss is still recalled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_STOP = frozenset(
+    """a an the of to in on at for from by with about as and or but if so than then that this these those
+    is are am was were be been being do does did done have has had having will would shall should can could
+    may might must i i'm i've i'd me my mine myself we we're our ours us you your yours you're he she it its
+    they them their what which who whom whose when where why how there here any some all each every no not
+    tell told say said know knew remember recall mention mentioned please again ever usually normally
+    currently still really just also too very much many lot kind sort type thing things something anything
+    now today get got go going like one ones yes okay ok hi hello hey thanks""".split()
+)
+# Everyday synonyms for what people say about themselves (question word -> words a statement
+# of it uses). General, not tied to any pack or suite.
+_EXPAND: dict[str, tuple[str, ...]] = {
+    "live": ("live", "lived", "living", "move", "moved", "city", "town", "home", "based", "reside", "relocat"),
+    "city": ("live", "move", "moved", "city", "town", "based", "home"),
+    "where": ("live", "move", "moved", "city", "town", "country", "based", "from"),
+    "country": ("country", "from", "live", "move", "moved", "home", "grew", "born"),
+    "people": ("people", "family", "cook", "household", "us", "kid", "child", "children", "two", "three", "four", "five", "six"),
+    "family": ("family", "people", "household", "kid", "child", "children", "wife", "husband", "partner"),
+    "allergic": ("allerg", "intoleran", "react"),
+    "allergy": ("allerg", "intoleran"),
+    "eat": ("eat", "vegetarian", "vegan", "pescatarian", "diet", "meat", "food", "halal", "kosher", "gluten"),
+    "diet": ("diet", "eat", "vegetarian", "vegan", "pescatarian", "keto", "halal", "kosher"),
+    "job": ("job", "work", "works", "worked", "career", "profession", "employ"),
+    "work": ("work", "job", "career", "employ", "profession"),
+    "do": (),
+    "budget": ("budget", "spend", "dollar", "pound", "euro", "week", "month"),
+    "spend": ("budget", "spend", "dollar", "pound", "euro"),
+    "name": ("name", "called", "call"),
+    "old": ("age", "old", "year", "born"),
+    "age": ("age", "old", "year", "born"),
+    "drive": ("drive", "car"),
+    "car": ("car", "drive"),
+    "pet": ("pet", "dog", "cat"),
+    "appliance": ("appliance", "oven", "fryer", "cooker", "microwave", "stove", "hob", "use"),
+    "medication": ("medication", "medicine", "take", "taking", "prescri", "tablet", "pill"),
+    "medicine": ("medication", "medicine", "take", "taking", "prescri"),
+    "condition": ("condition", "diagnos", "have", "suffer"),
+    "married": ("married", "wife", "husband", "partner", "divorc", "engaged", "single"),
+    "wife": ("wife", "married", "partner"),
+    "husband": ("husband", "married", "partner"),
+}
+
+
+def stem(word: str) -> str:
+    """A crude English stem: enough to match 'allergic'/'allergy', 'moved'/'move', 'kids'/'kid'."""
+    w = word.lower().replace("’", "'")
+    if w.endswith("'s"):
+        w = w[:-2]
+    for suffix, repl in (("ies", "y"), ("ing", ""), ("ied", "y"), ("ed", ""), ("es", ""), ("s", ""), ("ic", ""), ("y", "")):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            return w[: -len(suffix)] + repl
+    return w
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower().replace("’", "'")) if w not in _STOP and not w.startswith("i'")]
+
+
+def _stems(words: Iterable[str]) -> set[str]:
+    return {stem(w) for w in words}
+
+
+_MY_NP = re.compile(r"\b(?:my|our)\s+((?:[a-z]+'s\s+)?[a-z]+(?:\s+[a-z]+)?)", re.I)
+
+
+def focus_terms(question: str) -> set[str]:
+    """Stems of the thing the question asks about, when it names one of the user's own:
+    "my sister's name" -> {sister}; "my weekly grocery budget" -> {weekly, grocery}."""
+    out: set[str] = set()
+    for m in _MY_NP.finditer(question.replace("’", "'")):
+        phrase = m.group(1).lower()
+        if "'s " in phrase:  # the possessor is the thing: my sister's name -> sister
+            phrase = phrase.split("'s ")[0]
+        words = [w for w in phrase.split() if w not in _STOP]
+        out |= _stems(words)
+    return out
+
+
+def _matches(terms: set[str], text_stems: set[str]) -> set[str]:
+    """Question stems found in the memory (prefix match both ways for short variants)."""
+    hits = set()
+    for t in terms:
+        for s in text_stems:
+            if t == s or (len(t) >= 4 and len(s) >= 4 and (s.startswith(t) or t.startswith(s))):
+                hits.add(t)
+                break
+    return hits
+
+
+@dataclass
+class Scored:
+    memory: Any
+    similarity: float
+    overlap: int
+    focus_hit: bool
+    score: float
+
+
+def query_terms(question: str) -> set[str]:
+    words = content_words(question)
+    terms = _stems(words)
+    for w in list(words) + re.findall(r"\b(where|live|eat|do)\b", question.lower()):
+        for extra in _EXPAND.get(w, ()) + _EXPAND.get(stem(w), ()):
+            terms.add(stem(extra))
+    return terms
+
+
+def relevance(question: str, memories: Sequence[Any], similarities: Sequence[float]) -> list[Scored]:
+    """Score each memory for the question; only those with enough evidence are returned, best first."""
+    terms = query_terms(question)
+    focus = focus_terms(question)
+    out: list[Scored] = []
+    for memory, sim in zip(memories, similarities):
+        text_stems = _stems(content_words(episode_text(memory.text)))
+        hits = _matches(terms, text_stems)
+        focus_hit = bool(focus and _matches(focus, text_stems))
+        if focus:
+            ok = (focus_hit and sim >= 0.15) or sim >= 0.75
+        else:
+            ok = (len(hits) >= 1 and sim >= 0.25) or (len(hits) >= 2 and sim >= 0.15) or sim >= 0.7
+        if ok:
+            out.append(Scored(memory, sim, len(hits), focus_hit, sim + 0.08 * len(hits) + (0.2 if focus_hit else 0.0)))
+    out.sort(key=lambda s: -s.score)
+    return out
+
+
+_EPISODE = re.compile(r"^On \d{4}-\d{2}-\d{2} \(in [^)]*\) you wrote: ", re.S)
+
+
+def episode_text(text: str) -> str:
+    """The user's own words of an episode ("On DATE (in Pack) you wrote: ...")."""
+    return _EPISODE.sub("", text)
+
+
+def is_question(text: str) -> bool:
+    t = text.strip()
+    return t.endswith("?") or re.match(
+        r"^(what|which|who|when|where|why|how|is|are|can|could|should|would|do|does|did|will|any|give|suggest|tell|help)\b",
+        t, re.I) is not None
+
+
+def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scored]:
+    """The user's memories that answer ``question``, best first (facts, preferences, and the
+    episodes that no extracted fact stands for)."""
+    candidates = store.search(question, k=pool, kinds=("fact", "preference", "episode"))
+    if not candidates:
+        return []
+    turns_with_facts = {m.source_turn for m in store.list(kinds=("fact", "preference"), include_superseded=True)
+                        if m.source_turn}
+    kept = []
+    for m in candidates:
+        if m.kind == "episode":
+            words = episode_text(m.text)
+            if m.source_turn in turns_with_facts or is_question(words):
+                continue
+        kept.append(m)
+    scored = relevance(question, kept, [m.similarity or 0.0 for m in kept])
+    chosen: list[Scored] = []
+    seen_attr: set[str] = set()
+    # Newest first among equally relevant ones: an update beats what it replaced.
+    scored.sort(key=lambda s: (-round(s.score, 1), -(s.memory.updated or s.memory.created)))
+    for s in scored:
+        attr = s.memory.attribute
+        if attr and attr in seen_attr:
+            continue
+        if attr:
+            seen_attr.add(attr)
+        chosen.append(s)
+        if len(chosen) >= k:
+            break
+    return chosen
+
+
+def split_sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])", text.strip())
+    return [p.strip() for p in parts if p.strip()]
+
+
+@dataclass
+class NoteSentence:
+    text: str
+    memory: Any  # the knowledge chunk it came from
+    similarity: float
+    score: float
+
+
+def note_sentences(embedder: Any, question: str, chunks: Sequence[Any], top: int = 2,
+                   chunk_weight: float = 0.15) -> list[NoteSentence]:
+    """The sentences of the recalled note chunks that best answer ``question``.
+
+    A sentence is embedded with its note's title and heading ("Freezer storage: Raw chicken
+    pieces: about 9 months."), so that a list item keeps the context that makes it true."""
+    items: list[tuple[str, str, Any]] = []
+    for chunk in chunks:
+        m = re.match(r"^([^:\n]{1,80}): ", chunk.text)
+        title = m.group(1) if m else ""
+        body = chunk.text[m.end():] if m else chunk.text
+        heading = chunk.citation.partition(" > ")[2] if getattr(chunk, "citation", "") else ""
+        context = " - ".join(x for x in (title, heading) if x)
+        for sent in split_sentences(body):
+            if 3 <= len(sent.split()) <= 80:
+                items.append((sent, f"{context}: {sent}" if context else sent, chunk))
+    if not items:
+        return []
+    vectors = embedder.embed([question] + [ctx for _, ctx, _ in items])
+    q = vectors[0]
+    terms = _stems(content_words(question))
+    scored = []
+    for (sent, ctx, chunk), v in zip(items, vectors[1:]):
+        sim = float(sum(a * b for a, b in zip(q, v)))
+        hits = len(_matches(terms, _stems(content_words(ctx))))
+        scored.append(NoteSentence(sent, chunk, sim, sim + 0.04 * hits + chunk_weight * (chunk.similarity or 0.0)))
+    scored.sort(key=lambda s: -s.score)
+    return scored[:top]

@@ -1,0 +1,80 @@
+"""Grounded answers: routing, abstention, the second person, the numbers check, relevance."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from assistant import grounding
+from assistant.answering import sentence_limit
+from memory import recall
+
+
+@pytest.mark.parametrize("q", [
+    "Where do I live?", "What's my sister's name?", "How many people do I usually cook for?",
+    "What kind of oven do I have?", "What am I allergic to?", "Do you remember my dog's name?",
+    "Which city do I live in?", "What is my weekly grocery budget?", "Where do I live, and what do I eat?",
+])
+def test_questions_about_the_user_are_personal(q):
+    assert grounding.is_personal_question(q)
+
+
+@pytest.mark.parametrize("q", [
+    "What temperature should chicken reach to be safe?", "How do I make a simple omelette?",
+    "What should I make tonight?", "Suggest a dinner for me.", "I'm vegetarian and I live in Oslo.",
+    "I'm roasting a pork loin joint. At what core temperature is it safe to eat?",
+    "Can I freeze cooked rice?", "Is it safe for me to take ibuprofen?",
+])
+def test_advice_and_statements_are_not_personal(q):
+    assert not grounding.is_personal_question(q)
+
+
+@pytest.mark.parametrize("q, said", [
+    ("What's my sister's name?", "You haven't told me your sister's name yet."),
+    ("Where do I live?", "You haven't told me where you live yet."),
+    ("How many people do I usually cook for?", "You haven't told me how many people you usually cook for yet."),
+    ("What am I allergic to?", "You haven't told me what you are allergic to yet."),
+])
+def test_abstention_names_what_is_missing(q, said):
+    assert grounding.abstain_text(q).startswith(said)
+
+
+def test_second_person():
+    assert grounding.second_person("I live in Oslo.") == "you live in Oslo."
+    assert grounding.second_person("Big news: I moved to Lyon last month.") == "you moved to Lyon last month."
+    assert grounding.second_person("I'm allergic to peanuts and my son is too.") == "you're allergic to peanuts and your son is too."
+    assert grounding.personal_answer(["I live in Oslo."]) == "You told me you live in Oslo."
+
+
+def test_numbers_check_withholds_unsupported_sentences():
+    notes = ["Poultry must reach 74 °C (165 °F) in the thickest part."]
+    checked = grounding.check_numbers("Cook it to 74 °C. Some say 70 °C is fine. Rest it well.", notes)
+    assert checked.withheld == ["70"]
+    assert checked.text == "Cook it to 74 °C. Rest it well."
+    assert grounding.check_numbers("Use 1/2 teaspoon or 1,000 g.", ["1/2 tsp and 1000 g"]).withheld == []
+    assert grounding.check_numbers("1. Wash it.\n2. Dry it.", []).withheld == []  # list markers are no figures
+    note = grounding.withheld_note(["70"])
+    assert "70" not in note and "left out" in note
+
+
+def test_sentence_limit_from_style():
+    assert sentence_limit(["Please keep your answers under three sentences."]) == 2
+    assert sentence_limit(["Answer in one sentence."]) == 1
+    assert sentence_limit(["Keep it short."]) == 3
+    assert sentence_limit(["Always give temperatures in Fahrenheit."]) is None
+
+
+def _mem(text, mid="m1", kind="fact", attribute="", updated=0.0):
+    return SimpleNamespace(text=text, id=mid, kind=kind, attribute=attribute, updated=updated, created=updated,
+                           source_turn="", citation="", similarity=None)
+
+
+def test_relevance_needs_evidence_of_the_thing_asked():
+    memories = [_mem("My locker code at the cooking school is 5812."), _mem("I live in Oslo.", "m2")]
+    # similar in shape but about another thing: no answer from it
+    assert recall.relevance("What is my sister's name?", memories, [0.45, 0.3]) == []
+    hits = recall.relevance("Which city do I live in?", memories, [0.2, 0.4])
+    assert [h.memory.id for h in hits] == ["m2"]
+    moved = [_mem("Big news: I moved to Lyon last month.", "m3")]
+    assert recall.relevance("Which city do I live in?", moved, [0.3])

@@ -1,0 +1,90 @@
+"""Grounded answers on the real default model and the real stores, as a user gets them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def assistant_real(real_engine):
+    from assistant import settings
+    from assistant.core import Assistant
+
+    return Assistant(settings.load(env={}), engine=real_engine)
+
+
+def _ask(chat, text):
+    reply = chat.send(text, temperature=0, max_new_tokens=64)
+    return reply, reply.collect()
+
+
+def _no_markup(text):
+    assert "[m" not in text and not re.search(r"\b[\w-]+\.md\b", text), text
+
+
+def test_chef_safe_chicken_temperature_from_the_notes(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    reply, text = _ask(a.chat("cook", "chef"), "What temperature should chicken reach to be safe?")
+    assert "74" in text and "165" in text, text
+    assert reply.grounding == "notes"
+    files = [s["file"] for s in reply.sources if s["kind"] == "knowledge"]
+    assert files and all(f.endswith(".md") for f in files)
+    _no_markup(text)
+
+
+def test_where_do_i_live_and_an_honest_abstention(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    chat = a.chat("oslo", "chef")
+    _ask(chat, "I'm vegetarian and I live in Oslo.")
+    fresh = a.chat("oslo", "chef")  # a new conversation: only memory can know
+    reply, text = _ask(fresh, "Where do I live?")
+    assert "Oslo" in text and reply.grounding == "memory", text
+    assert any("Oslo" in s["text"] for s in reply.sources if s["kind"] != "knowledge")
+    _no_markup(text)
+    reply, text = _ask(fresh, "What's my sister's name?")
+    assert reply.grounding == "abstain" and "haven't told me" in text, text
+    assert reply.sources == []
+
+
+def test_an_update_answers_with_the_newest_value(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    chat = a.chat("mover", "chef")
+    _ask(chat, "I live in Paris and I have a small gas oven.")
+    _ask(chat, "Big news: I moved to Lyon last month.")
+    fresh = a.chat("mover", "chef")
+    _, text = _ask(fresh, "Which city do I live in?")
+    assert "Lyon" in text and "Paris" not in text, text
+    _, text = _ask(fresh, "What kind of oven do I have?")
+    assert "gas" in text, text
+
+
+def test_natural_chat_is_recalled(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    chat = a.chat("nat", "general")
+    _ask(chat, "This necklace is a gift from my grandma in my home country, Sweden.")
+    _, text = _ask(a.chat("nat", "general"), "Which country is my grandma from?")
+    assert "Sweden" in text, text
+
+
+def test_a_correction_replaces_the_answer_the_model_sees(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    chat = a.chat("fixer", "general")
+    _, first = _ask(chat, "Name a colour of the sky on a clear day.")
+    chat.correct("Blue.")
+    assert chat.history[-1][1] == "Blue."
+    _, nxt = _ask(chat, "Say it again, in one word.")
+    assert first.strip()[:40] not in nxt or first.strip() == "Blue.", nxt
