@@ -58,6 +58,10 @@ _EXPAND: dict[str, tuple[str, ...]] = {
     "drive": ("drive", "car"),
     "car": ("car", "drive"),
     "pet": ("pet", "dog", "cat"),
+    "dog": ("dog", "puppy", "pet"),
+    "cat": ("cat", "kitten", "pet"),
+    "instrument": ("instrument", "play", "piano", "guitar", "violin", "cello", "drum", "flute", "learn"),
+    "hobby": ("hobby", "enjoy", "love", "play", "learn"),
     "appliance": ("appliance", "oven", "fryer", "cooker", "microwave", "stove", "hob", "use"),
     "medication": ("medication", "medicine", "take", "taking", "prescri", "tablet", "pill"),
     "medicine": ("medication", "medicine", "take", "taking", "prescri"),
@@ -136,13 +140,15 @@ def relevance(question: str, memories: Sequence[Any], similarities: Sequence[flo
     """Score each memory for the question; only those with enough evidence are returned, best first."""
     terms = query_terms(question)
     focus = focus_terms(question)
+    focus |= {stem(x) for f in list(focus) for x in _EXPAND.get(f, ())}
     out: list[Scored] = []
     for memory, sim in zip(memories, similarities):
         text_stems = _stems(content_words(episode_text(memory.text)))
         hits = _matches(terms, text_stems)
         focus_hit = bool(focus and _matches(focus, text_stems))
         if focus:
-            ok = (focus_hit and sim >= 0.15) or sim >= 0.75
+            # the thing asked about must be mentioned, unless the rest of the question matches well
+            ok = (focus_hit and sim >= 0.15) or (len(hits) >= 1 and sim >= 0.45) or sim >= 0.75
         else:
             ok = (len(hits) >= 1 and sim >= 0.25) or (len(hits) >= 2 and sim >= 0.15) or sim >= 0.7
         if ok:

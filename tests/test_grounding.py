@@ -78,3 +78,31 @@ def test_relevance_needs_evidence_of_the_thing_asked():
     assert [h.memory.id for h in hits] == ["m2"]
     moved = [_mem("Big news: I moved to Lyon last month.", "m3")]
     assert recall.relevance("Which city do I live in?", moved, [0.3])
+
+
+# Conversations in many styles (not the rule-shaped sentences extraction was written for): each
+# statement is stored the way the chat stores a turn, then asked about in other words.
+_STYLES = [
+    ("This necklace is a gift from my grandma in my home country, Sweden.", "Which country is my grandma from?", "Sweden"),
+    ("ugh, finally got the keys to our new flat in Leeds!!", "Which city is my new flat in?", "Leeds"),
+    ("So my daughter Mia started school this week, she's five.", "What's my daughter's name?", "Mia"),
+    ("Work's been hectic since I joined the hospital as a night nurse.", "What is my job?", "nurse"),
+    ("We adopted a greyhound called Biscuit last spring.", "What is my dog called?", "Biscuit"),
+    ("I've been learning the cello for about two years now.", "Which instrument am I learning?", "cello"),
+]
+
+
+@pytest.mark.parametrize("said, asked, expect", _STYLES)
+def test_natural_statements_are_recalled_for_questions_in_other_words(home, said, asked, expect):
+    from assistant.settings import MemorySettings
+    from memory.store import MemoryStore
+
+    store = MemoryStore("styles", MemorySettings())
+    store.learn_from_message(said, pack="general", turn_id="t1")
+    store.add(f"On 2026-01-01 (in General) you wrote: {said}", "episode", pack="general", source_turn="t1", supersede=False)
+    store.add("On 2026-01-01 (in General) you wrote: What's a good book for a rainy day?", "episode",
+              pack="general", source_turn="t2", supersede=False)
+    found = recall.personal(store, asked)
+    assert found and expect.lower() in recall.episode_text(found[0].memory.text).lower()
+    # and a question about something never said finds nothing
+    assert recall.personal(store, "What is my blood type?") == []
