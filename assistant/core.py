@@ -142,7 +142,8 @@ class Assistant:
         values: dict[str, Any] = {k: getattr(defaults, k) for k in names}
         values.update({k: v for k, v in pack.generation.items() if k in values})
         g = self.settings.generation
-        values.update({k: getattr(g, k) for k in names if getattr(g, k) != getattr(defaults, k)})
+        user_set = getattr(self.settings, "user_set", set())
+        values.update({k: getattr(g, k) for k in names if f"generation.{k}" in user_set})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return GenParams(**values)
 

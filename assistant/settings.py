@@ -208,6 +208,10 @@ def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -
         if ok is not True:
             raise ConfigError(f"{where}: {section}.{key} = {coerced!r} {ok}")
     setattr(sec, key, coerced)
+    # Which keys the user set (config, environment, flags): "the user's value" and "the default"
+    # must never be told apart by comparing values.
+    user_set = settings.__dict__.setdefault("user_set", set())
+    user_set.add(f"{section}.{key}")
 
 
 def load(

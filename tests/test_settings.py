@@ -64,3 +64,18 @@ def test_generation_precedence_defaults_pack_user_flags(home):
     assert params.temperature == 0  # the user's config beats the pack's default
     assert params.max_new_tokens == chef.generation["max_new_tokens"]  # the pack beats the built-in default
     assert assistant.params(chef, temperature=0.9).temperature == 0.9  # a flag beats everything
+
+
+def test_the_users_explicit_value_beats_the_packs_even_when_it_equals_the_default(home):
+    """temperature = 0.7 in config.toml is the user's choice, not "unset": it beats the doctor pack's 0.5."""
+    from assistant import settings as settings_mod
+    from assistant.core import Assistant
+
+    (home / "config.toml").write_text("[generation]\ntemperature = 0.7\n")
+    a = Assistant(settings_mod.load())
+    pack = a.pack("doctor")
+    assert pack.generation.get("temperature") == 0.5
+    assert a.params(pack).temperature == 0.7
+    # without the user's setting, the pack's default applies; a flag beats both
+    assert Assistant(settings_mod.load(env={}, config_path=home / "none.toml")).params(pack).temperature == 0.5
+    assert a.params(pack, temperature=0.2).temperature == 0.2
