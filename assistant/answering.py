@@ -48,6 +48,7 @@ class Plan:
     style: list[str] = field(default_factory=list)  # the user's stated answer-style preferences
     max_sentences: int | None = None
     check_numbers: bool = False
+    constraint: Any = None  # a grammar for the decode loop (structured output): the model's reply as is
 
 
 def sentence_limit(style: Sequence[str]) -> int | None:
@@ -190,8 +191,13 @@ class GroundedStream:
         if self.plan.lead and self._limited():
             return
         inner = CancelToken()
-        gen = self.engine.stream(self.ids, self.params, session=self.session, cancel=inner)
-        buffered = self.plan.check_numbers or self.plan.max_sentences is not None or bool(self.plan.lead)
+        if self.plan.constraint is not None:
+            gen = self.engine.stream(self.ids, self.params, session=self.session, cancel=inner,
+                                     constraint=self.plan.constraint)
+        else:
+            gen = self.engine.stream(self.ids, self.params, session=self.session, cancel=inner)
+        buffered = self.plan.constraint is None and (
+            self.plan.check_numbers or self.plan.max_sentences is not None or bool(self.plan.lead))
         buf = ""
         stopped_by_us = False
         for chunk in gen:

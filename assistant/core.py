@@ -219,20 +219,24 @@ class Chat:
         self.last_turn_id = None
         self.conversation_id = self.journal.new_conversation(self.pack.id).id
 
-    def send(self, message: str, cancel: CancelToken | None = None, scripted_reply: str | None = None, **overrides: Any) -> Reply:
+    def send(self, message: str, cancel: CancelToken | None = None, scripted_reply: str | None = None,
+             constraint: Any = None, **overrides: Any) -> Reply:
         """Answer ``message``. The reply streams when iterated; the turn is journalled at its end.
 
         ``scripted_reply`` records a turn with a given answer instead of generating one (the
-        benchmark replays scripted users this way).
+        benchmark replays scripted users this way). ``constraint`` (``assistant.grammar``: JSON,
+        JSON Schema, tool calls) is passed to the engine's decode loop; such a reply is the
+        model's own (no fixed answer, no lead), with the memories and notes in its prompt.
         """
         text = clean_message(message)
         check = safety.before(self.pack, text)
         store = self.assistant.memory(self.user) if self.use_memory else None
         plan = Plan()
-        if check.replace is None and scripted_reply is None:  # an emergency answer needs no recall
+        if check.replace is None and scripted_reply is None and constraint is None:  # an emergency answer needs no recall
             plan = plan_answer(self, text, store)
         elif store is not None and check.replace is None:
             plan.recalled = store_recall(self, text, store)
+        plan.constraint = constraint
         sent = prompt_mod.user_block(text, plan.recalled, plan.style)
         reply = Reply(iter(()), memories=plan.used or plan.recalled, flags=check.flags)
         reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides, plan)
