@@ -175,7 +175,9 @@ class GroundedStream:
         if self._known is None:
             from memory.recall import content_words, stem
 
-            self._known = {stem(w) for s in self.support for w in content_words(s)}
+            # the notes and memories the model was given, and the question (the first support text)
+            given = [self.plan.lead] + [r.text for r in self.plan.recalled] + self.support[:1]
+            self._known = {stem(w) for s in given for w in content_words(s)}
         return self._known
 
     def _let_out(self, piece: str) -> str:
