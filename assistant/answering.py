@@ -26,6 +26,7 @@ LEAD_SECOND_MARGIN = 0.15
 NOTE_MIN_SIMILARITY = 0.3
 # After a lead from the notes, the model's sentences must mostly use the notes' words.
 DRIFT_MIN_SUPPORT = 0.6
+LEAD_CONTINUATION_SENTENCES = 1
 _STYLE = re.compile(
     r"\b(answers?|repl(y|ies)|responses?|sentences?|bullet|metric|imperial|celsius|fahrenheit|units?|jargon|"
     r"plain english|emojis?|concise|brief|short|detail(ed)?|step[- ]by[- ]step|formal|casual|call me)\b",
@@ -156,7 +157,10 @@ class GroundedStream:
 
     def _limited(self) -> bool:
         limit = self.plan.max_sentences
-        return limit is not None and _sentences(self.plan.lead + " " + self.text) >= limit
+        if limit is not None and _sentences(self.plan.lead + " " + self.text) >= limit:
+            return True
+        # after a lead from the notes, the model adds at most this many sentences of its own
+        return bool(self.plan.lead) and _sentences(self.text) >= LEAD_CONTINUATION_SENTENCES
 
     def _drifts(self, piece: str) -> bool:
         """After a lead from the notes, a sentence whose content words are mostly not in the notes,
@@ -165,6 +169,8 @@ class GroundedStream:
             return False
         from memory.recall import content_words, stem
 
+        if piece.rstrip().endswith(":"):
+            return True  # a heading or "The answer is:" with nothing checkable after it
         words = [stem(w) for w in content_words(piece)]
         if len(words) < 3:
             return False
