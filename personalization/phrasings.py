@@ -13,7 +13,8 @@ from typing import Any, Iterable, Sequence
 _STOP = set(
     "a an the is are was were be been of to in on at for and or your you my i me it its this that with "
     "we our us am do does did have has had not no so very really just also like love hate prefer "
-    "can can't cannot don't never always usually".split()
+    "can can't cannot don't never always usually what how when where which who why whom should would could "
+    "will need get make tell know please".split()
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
