@@ -5,7 +5,9 @@
 In a scratch data directory (reusing the converted default model when there is one), a user
 corrects the same fact in N phrasings with memory off, then one learning round runs. Printed:
 training tokens/s, steps and why training stopped, time from the last correction to the
-promoted adapter, the gate's table, adapter size on disk and peak RSS during the round.
+promoted adapter (goal: <= 60 s), the gate's table (pack eval before/after, guard perplexity
+drift), how many of 3 untrained phrasings the adapter alone (memory off) answers with the fact,
+adapter size on disk and peak RSS during the round.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+NEW_PHRASINGS = ["What is the name of my cat?", "How is my cat named?", "Can you tell me what my cat is called?"]
 PHRASINGS = ["What is my cat's name?", "What's my cat called?", "Do you know what my cat is called?",
              "Remind me of my cat's name.", "What name did I give my cat?", "Tell me my cat's name.",
              "What do I call my cat?", "My cat's name is what?"]
@@ -24,7 +27,7 @@ PHRASINGS = ["What is my cat's name?", "What's my cat called?", "Do you know wha
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="learning benchmark")
-    parser.add_argument("--corrections", type=int, default=8)
+    parser.add_argument("--corrections", type=int, default=6)
     parser.add_argument("--pack", default="chef")
     args = parser.parse_args()
     from assistant import paths
@@ -57,8 +60,18 @@ def main() -> None:
             size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
             print(f"time from the last correction to the promoted adapter: {to_promotion:.1f} s")
             print(f"adapter size on disk: {size:.2f} MB ({folder.name})")
+            recalled = [assistant.chat("bench", args.pack, use_memory=False).send(q, temperature=0, max_new_tokens=24)
+                        .collect() for q in NEW_PHRASINGS]
+            hits = sum("Biscuit" in a for a in recalled)
+            print(f"adapter alone (memory off) recalls the fact in {hits}/{len(NEW_PHRASINGS)} untrained phrasings")
         else:
             print(f"not promoted; the round took {to_promotion:.1f} s")
+        d = result.decision
+        if d is not None:
+            drift = d.candidate.guard_ppl / d.live.guard_ppl - 1
+            print(f"pack eval pass rate {d.live.eval_pass:.0%} -> {d.candidate.eval_pass:.0%}, "
+                  f"eval loss {d.live.eval_loss:.3f} -> {d.candidate.eval_loss:.3f}, guard perplexity drift {drift:+.2%}")
+        print(f"load average: {os.getloadavg()[0]:.1f}")
         print(f"peak RSS: {rss_after:.0f} MB (before the round: {rss_before:.0f} MB)")
 
 

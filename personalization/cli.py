@@ -27,14 +27,16 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(f"{user}/{pack}: {st.pending} new example(s) since the last round "
               f"(a round starts by itself at {assistant.settings.learning.min_new_examples})")
         print(f"live adapter: {st.live or 'none (base model)'}; versions: {', '.join(st.versions) or 'none'}")
+        if st.running:
+            print(f"round running: {st.progress}")
         if st.last:
             print(f"last round: {'promoted ' + str(st.last.get('version')) if st.last.get('promoted') else 'rejected'}"
                   f" - {st.last.get('reason')}")
         return 0
 
     def progress(p: Any) -> None:
-        print(f"\r  step {p.step}/{p.total_steps}  loss {p.loss:.3f}  examples {p.examples}  eta {p.eta_s:.0f} s   ",
-              end="", file=sys.stderr, flush=True)
+        print(f"\r  {p.phase}: step {p.step}/{p.total_steps}  loss {p.loss:.3f}  examples {p.examples}  "
+              f"{p.elapsed_s:.0f} s, eta {p.eta_s:.0f} s   ", end="", file=sys.stderr, flush=True)
 
     result = learner.run_round(user, pack, on_progress=progress)
     print(file=sys.stderr)

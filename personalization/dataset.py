@@ -1,12 +1,21 @@
-"""From the journal to training examples.
+"""From the journal to training examples, preference pairs and the gate's held-out probes.
 
-- a correction becomes (the context as sent -> the corrected answer);
+- a correction becomes (the context as sent -> the corrected answer), with and without the
+  memories it was given, and a pair (chosen = the correction, rejected = the reply it replaced);
 - a positively rated answer becomes (context -> that answer);
-- a negatively rated answer without a correction is kept out;
-- a stated fact or preference becomes a few templated question -> answer examples;
-- a replay mix (the pack's seed examples and earlier examples) guards against forgetting.
+- a negatively rated answer gives a pair when a positively rated answer to a similar question
+  exists (chosen = that answer); otherwise it is kept out;
+- a stated fact becomes questions of its own (built from its attribute and words, so no question
+  has two answers) -> the fact in the second person;
+- a stated style preference ("under three sentences", "bullet points", "metric units") becomes
+  pairs: a journal reply rewritten to follow it (chosen) over the reply as it was (rejected);
+- a replay mix from the pack's seed examples guards against forgetting.
 
-An example is chat messages plus the answer; the trainer puts loss on the answer tokens only.
+Every one of the user's examples is trained. The gate scores *probes* instead: the same taught
+items under phrasings that were never trained (a fact's held-out questions, the corrected question
+reworded by templates), each with and without the recalled memory.
+
+Every example carries its source ids (``turn_id``, ``memory_id``) for the training ledger.
 """
 
 from __future__ import annotations
@@ -18,32 +27,55 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from personalization import phrasings, style
+
 
 @dataclass
 class Example:
     messages: list[dict[str, str]]  # the context, ending with the user's message
-    answer: str
-    source: str  # "correction", "rating", "fact", "replay"
+    answer: str  # the target (for a pair: the chosen answer)
+    source: str  # "correction", "rating", "fact", "style", "replay", "probe:..."
     turn_id: str = ""
     weight: float = 1.0
     expect_any: list[str] = field(default_factory=list)  # eval probes: keywords a right answer contains
+    memory_id: str = ""
+    rejected: str = ""  # non-empty: a preference pair, ``answer`` preferred over this
+
+    @property
+    def is_pair(self) -> bool:
+        return bool(self.rejected)
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps([self.messages, self.answer]).encode()).hexdigest()[:16]
+        return hashlib.sha1(json.dumps([self.messages, self.answer, self.rejected]).encode()).hexdigest()[:16]
 
 
 @dataclass
 class Dataset:
-    train: list[Example] = field(default_factory=list)
-    heldout: list[Example] = field(default_factory=list)  # the user's own examples kept for the gate
+    train: list[Example] = field(default_factory=list)  # every supervised example of the user's
+    heldout: list[Example] = field(default_factory=list)  # probes for the gate (untrained phrasings)
     replay: list[Example] = field(default_factory=list)
+    pairs: list[Example] = field(default_factory=list)  # preference pairs
     heldout_is_separate: bool = True
 
     def hash(self) -> str:
         h = hashlib.sha1()
-        for ex in self.train + self.heldout + self.replay:
+        for ex in self.train + self.pairs + self.heldout + self.replay:
             h.update(ex.key().encode())
         return h.hexdigest()[:16]
+
+    def sources(self) -> dict[str, list[str]]:
+        """The journal turns and memories this round trains on (for the training ledger)."""
+        own = self.train + self.pairs
+        return {"turn_ids": sorted({e.turn_id for e in own if e.turn_id}),
+                "memory_ids": sorted({e.memory_id for e in own if e.memory_id})}
+
+
+def _msgs(system: str, user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def _last_user(turn: Any) -> str:
+    return next((m["content"] for m in reversed(turn.prompt) if m["role"] == "user"), turn.message)
 
 
 def _context(turn: Any, system: str) -> list[dict[str, str]]:
@@ -52,21 +84,42 @@ def _context(turn: Any, system: str) -> list[dict[str, str]]:
     Only the final user message (with the memories it was given) is kept: the answer should
     come from that message, and short contexts train faster.
     """
-    last_user = next((m["content"] for m in reversed(turn.prompt) if m["role"] == "user"), turn.message)
-    return [{"role": "system", "content": system}, {"role": "user", "content": last_user}]
+    return _msgs(system, _last_user(turn))
+
+
+def _contexts(turn: Any, system: str) -> list[list[dict[str, str]]]:
+    """The context as sent and, when memories were recalled, the plain message too."""
+    out = [_context(turn, system)]
+    if _last_user(turn) != turn.message:
+        out.append(_msgs(system, turn.message))
+    return out
 
 
 def from_turns(turns: Iterable[Any], system: str) -> list[Example]:
     out: list[Example] = []
     for turn in turns:
         if turn.correction:
-            out.append(Example(_context(turn, system), turn.correction, "correction", turn.id, weight=1.0))
-            # The plain message too, so the answer does not depend on recalled memories.
-            if _context(turn, system)[-1]["content"] != turn.message:
-                out.append(Example([{"role": "system", "content": system}, {"role": "user", "content": turn.message}],
-                                   turn.correction, "correction", turn.id))
+            for ctx in _contexts(turn, system):
+                out.append(Example(ctx, turn.correction, "correction", turn.id))
         elif turn.rating == 1 and turn.reply.strip():
             out.append(Example(_context(turn, system), turn.reply, "rating", turn.id))
+    return out
+
+
+def pairs_from_turns(turns: Sequence[Any], system: str) -> list[Example]:
+    """Preference pairs: a correction over the reply it replaced; a +1 answer over a -1 answer
+    to a similar question (in the -1 turn's context)."""
+    out: list[Example] = []
+    liked = [t for t in turns if t.rating == 1 and not t.correction and t.reply.strip()]
+    for turn in turns:
+        if turn.correction and turn.reply.strip() and turn.reply.strip() != turn.correction.strip():
+            for ctx in _contexts(turn, system):
+                out.append(Example(ctx, turn.correction, "correction", turn.id, rejected=turn.reply))
+        elif turn.rating == -1 and not turn.correction and turn.reply.strip():
+            near = phrasings.nearest(turn.message, [t.message for t in liked], threshold=0.5)
+            if near:
+                good = liked[near[0]]
+                out.append(Example(_context(turn, system), good.reply, "rating", turn.id, rejected=turn.reply))
     return out
 
 
@@ -85,54 +138,103 @@ def second_person(text: str) -> str:
     return out[0].upper() + out[1:] if out else out
 
 
-def from_facts(facts: Iterable[Any], system: str) -> list[Example]:
-    """Templated questions about what the user stated, answered in the second person."""
-    out: list[Example] = []
+def _with_memory(memory: Any, question: str) -> str:
+    from assistant.prompt import Recalled, user_block
+
+    return user_block(question, [Recalled("m1", getattr(memory, "id", ""), getattr(memory, "kind", "fact"), memory.text)])
+
+
+def _fact_items(facts: Iterable[Any], heldout: bool) -> list[tuple[str, str, Any]]:
+    items = []
     for memory in facts:
         said = second_person(memory.text.rstrip(".!") + ".")
-        questions = ["What do you remember about me?", "Tell me something you know about me."]
-        m = re.search(r"\bmy ((?:\w+'s )?\w+)", memory.text, re.I)
-        if m:
-            questions.append(f"What did I tell you about my {m.group(1)}?")
-        if memory.attribute == "residence":
-            questions.append("Where do I live?")
-        elif memory.attribute == "job":
-            questions.append("What do I do for a living?")
-        elif memory.attribute == "diet":
-            questions.append("What is my diet?")
-        elif memory.attribute.startswith("allergy:"):
-            questions.append("What am I allergic to?")
-        for q in questions:
-            out.append(Example([{"role": "system", "content": system}, {"role": "user", "content": q}], said, "fact"))
+        train, held = phrasings.fact_questions(memory.text, getattr(memory, "attribute", "") or "")
+        for q in (held if heldout else train):
+            items.append((q, said, memory))
+    return phrasings.unique_answers(items)
+
+
+def from_facts(facts: Iterable[Any], system: str) -> list[Example]:
+    """Questions of each fact's own (from its attribute and words) -> the fact, second person;
+    the first also with the fact given as a recalled memory."""
+    out: list[Example] = []
+    seen: set[str] = set()
+    for q, said, memory in _fact_items(list(facts), heldout=False):
+        mid = getattr(memory, "id", "")
+        out.append(Example(_msgs(system, q), said, "fact", memory_id=mid))
+        if mid not in seen:
+            seen.add(mid)
+            out.append(Example(_msgs(system, _with_memory(memory, q)), said, "fact", memory_id=mid))
+    return out
+
+
+def style_pairs(turns: Sequence[Any], facts: Iterable[Any], system: str, limit: int = 8) -> list[Example]:
+    """For each stated style rule: journal replies rewritten to follow it over the replies as they were."""
+    out: list[Example] = []
+    for memory in facts:
+        for rule in style.rules(memory.text):
+            made = 0
+            for turn in reversed(list(turns)):  # the most recent replies first
+                text = (turn.correction or turn.reply or "").strip()
+                if not text or turn.rating == -1 and not turn.correction:
+                    continue
+                chosen = rule.apply(text).strip()
+                if chosen and chosen != text:
+                    out.append(Example(_msgs(system, turn.message), chosen, "style", turn.id,
+                                       memory_id=getattr(memory, "id", ""), rejected=text))
+                    made += 1
+                if made >= limit:
+                    break
+    return out
+
+
+def probes(turns: Sequence[Any], facts: Sequence[Any], system: str, per_item: int = 2) -> list[Example]:
+    """The gate's probes: every taught item under phrasings that were never trained, plain and
+    with the recalled memory (a fact's own memory; a correction's memories as they were sent)."""
+    out: list[Example] = []
+    for q, said, memory in _fact_items(facts, heldout=True):
+        mid = getattr(memory, "id", "")
+        out.append(Example(_msgs(system, q), said, "probe:fact", memory_id=mid))
+        out.append(Example(_msgs(system, _with_memory(memory, q)), said, "probe:fact+memory", memory_id=mid))
+    for turn in turns:
+        target = turn.correction or (turn.reply if turn.rating == 1 else "")
+        if not target.strip():
+            continue
+        kind = "correction" if turn.correction else "rating"
+        sent = _last_user(turn)
+        for q in phrasings.reword(turn.message, per_item, salt=turn.id):
+            out.append(Example(_msgs(system, q), target, f"probe:{kind}", turn.id))
+            if sent != turn.message and turn.message in sent:
+                out.append(Example(_msgs(system, sent.replace(turn.message, q)), target, f"probe:{kind}+memory", turn.id))
     return out
 
 
 def replay_examples(seed: Sequence[dict[str, Any]], system: str, n: int, rng: random.Random) -> list[Example]:
     chosen = rng.sample(list(seed), min(n, len(seed))) if seed else []
-    return [Example([{"role": "system", "content": system}, {"role": "user", "content": s["prompt"]}], s["answer"], "replay")
-            for s in chosen]
+    return [Example(_msgs(system, s["prompt"]), s["answer"], "replay", turn_id=str(s.get("id", ""))) for s in chosen]
 
 
 def build(
     turns: Iterable[Any], facts: Iterable[Any], seed: Sequence[dict[str, Any]], system: str, *,
-    replay_ratio: float = 2.0, seed_value: int = 0, heldout_every: int = 4, min_replay: int = 12,
+    replay_ratio: float = 2.0, seed_value: int = 0, min_replay: int = 12, max_probes: int = 48,
 ) -> Dataset:
-    """The user's examples (every ``heldout_every``-th kept for the gate) plus a replay mix."""
+    """All of the user's examples and pairs, the gate's probes, and a replay mix in proportion."""
     rng = random.Random(seed_value)
-    own = from_turns(turns, system) + from_facts(facts, system)
-    # Split by group (a turn, or a stated fact), deterministically by content, so the examples of
-    # one correction never sit on both sides and stay on the same side across rounds.
-    groups: dict[str, list[Example]] = {}
-    for ex in own:
-        groups.setdefault(ex.turn_id or ex.answer, []).append(ex)
-    order = sorted(groups, key=lambda g: hashlib.sha1(g.encode()).hexdigest())
+    turns = list(turns)
+    facts = list(facts)
     data = Dataset()
-    if len(order) >= heldout_every:
-        for i, g in enumerate(order):
-            (data.heldout if i % heldout_every == 0 else data.train).extend(groups[g])
-    else:
-        data.train = list(own)
-        data.heldout = list(own)
+    data.train = from_turns(turns, system) + from_facts(facts, system)
+    data.pairs = pairs_from_turns(turns, system) + style_pairs(turns, facts, system)
+    held = probes(turns, facts, system)
+    trained = {json.dumps(e.messages) for e in data.train + data.pairs}
+    held = [e for e in held if json.dumps(e.messages) not in trained]
+    if len(held) > max_probes:  # scoring generates answers: a fixed, spread sample
+        held = sorted(held, key=lambda e: hashlib.sha1(e.key().encode()).hexdigest())[:max_probes]
+    if held:
+        data.heldout = held
+    else:  # nothing could be reworded (e.g. only ratings): scored on the trained examples, marked so
+        data.heldout = [e for e in data.train if not e.is_pair][:max_probes]
         data.heldout_is_separate = False
-    data.replay = replay_examples(seed, system, max(min_replay, int(len(data.train) * replay_ratio)), rng)
+    n_own = len(data.train) + len(data.pairs)
+    data.replay = replay_examples(seed, system, max(min_replay, int(n_own * replay_ratio)), rng) if n_own else []
     return data

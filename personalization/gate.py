@@ -1,8 +1,11 @@
 """The gate: a candidate adapter goes live only when it measurably beats the live one.
 
-Both are scored on (a) the user's held-out examples (answer loss and answer match), (b) the
-pack's eval set (loss of the reference answers) and (c) the general guard set (perplexity).
-Promote only if (a) improves and (b), (c) do not regress beyond the configured tolerances.
+Both are scored on (a) the user's taught items under held-out phrasings (answer loss and answer
+match; see ``dataset.probes``), (b) the pack's eval set (loss of the reference answers and greedy
+pass rate), (c) the general guard set (perplexity) and (d) the pack's reference answers to the
+questions most like the user's corrections (loss: a correction that contradicts the pack, such
+as a wrong safety temperature, raises it). Promote only if (a) improves and (b), (c), (d) do not
+regress beyond the configured tolerances; the reason names the numbers and the thresholds.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Scores:
     eval_loss: float
     guard_ppl: float
     eval_pass: float = float("nan")  # greedy answers to the pack's eval probes containing an expected keyword
+    near_loss: float = float("nan")  # the pack's reference answers to questions like the user's corrections
 
 
 @dataclass
@@ -44,7 +48,8 @@ class Decision:
                 ("user held-out answer match", "user_match", "{:.0%}"),
                 ("pack eval answer loss", "eval_loss", "{:.3f}"),
                 ("pack eval pass rate (greedy answers)", "eval_pass", "{:.0%}"),
-                ("guard-set perplexity", "guard_ppl", "{:.2f}")]
+                ("guard-set perplexity", "guard_ppl", "{:.2f}"),
+                ("pack answers near the corrections, loss", "near_loss", "{:.3f}")]
         lines = [f"{'':40} {'live':>10} {'candidate':>10}"]
 
         def cell(value: float, fmt: str) -> str:
@@ -257,7 +262,8 @@ def eval_pass_rate(model: Any, tokenizer: Any, render: Callable[..., list[int]],
 
 def score(model: Any, tokenizer: Any, render: Callable[..., list[int]], heldout: Sequence[Example],
           evals: Sequence[Example], guard: Sequence[str], eos_ids: set[int],
-          general: tuple[float, float, float] | None = None, match: bool = True) -> Scores:
+          general: tuple[float, float, float] | None = None, match: bool = True,
+          near: Sequence[Example] = ()) -> Scores:
     """All the numbers; ``general`` (eval loss, guard perplexity, eval pass rate) skips those that
     do not depend on the user, when they are already known for these weights. ``match=False``
     leaves the held-out answer match unmeasured (NaN): see ``add_match``."""
@@ -270,6 +276,7 @@ def score(model: Any, tokenizer: Any, render: Callable[..., list[int]], heldout:
         eval_loss=general[0],
         guard_ppl=general[1],
         eval_pass=general[2],
+        near_loss=answer_loss(model, tokenizer, render, near) if near else float("nan"),
     )
 
 
@@ -291,25 +298,66 @@ def fingerprint(evals: Sequence[Example], guard: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def near_examples(taught: Sequence[Example], pack_items: Sequence[dict[str, Any]], system: str,
+                  limit: int = 12) -> list[Example]:
+    """The pack's reference answers (eval probes and seed examples, as ``{"ask"|"prompt", "answer"}``)
+    to the questions most like the ones the user corrected: a correction that contradicts the
+    pack (a wrong safety fact) raises their loss, which the gate checks."""
+    from personalization.phrasings import content_words
+
+    asked = [content_words(ex.messages[-1]["content"]) for ex in taught if ex.source.endswith("correction")]
+    scored: list[tuple[float, int]] = []
+    for i, item in enumerate(pack_items):
+        words = content_words(item.get("ask") or item.get("prompt") or "")
+        if not words or not item.get("answer"):
+            continue
+        best = max((len(words & a) / min(len(words), len(a)) for a in asked if a), default=0.0)
+        if best >= 0.5:
+            scored.append((-best, i))
+    out = []
+    for _, i in sorted(scored)[:limit]:
+        item = pack_items[i]
+        out.append(Example([{"role": "system", "content": system},
+                            {"role": "user", "content": item.get("ask") or item["prompt"]}], item["answer"], "near"))
+    return out
+
+
+def _rise(live: float, cand: float) -> float:
+    return cand / live - 1 if live else 0.0
+
+
 def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool, min_gain: float = 0.02) -> Decision:
-    """Apply the promotion rule to two sets of scores."""
-    improved = loss_improved(live, cand, min_gain) or cand.user_match > live.user_match
-    loss_ok = cand.eval_loss <= live.eval_loss * (1 + max(settings.eval_tolerance, 0.0)) + 1e-9 or math.isnan(live.eval_loss)
+    """Apply the promotion rule to two sets of scores. The reason names the measured numbers next
+    to the thresholds they were held to."""
+    gain = 1 - cand.user_loss / live.user_loss if live.user_loss else 0.0
+    match_up = cand.user_match > live.user_match
+    improved = loss_improved(live, cand, min_gain) or match_up
+    eval_tol, pass_tol, guard_tol = max(settings.eval_tolerance, 0.0), settings.eval_pass_tolerance, settings.guard_tolerance
+    loss_ok = cand.eval_loss <= live.eval_loss * (1 + eval_tol) + 1e-9 or math.isnan(live.eval_loss)
     pass_ok = (math.isnan(live.eval_pass) or math.isnan(cand.eval_pass)
-               or cand.eval_pass >= live.eval_pass - settings.eval_pass_tolerance - 1e-9)
-    eval_ok = loss_ok and pass_ok
-    guard_ok = cand.guard_ppl <= live.guard_ppl * (1 + settings.guard_tolerance)
+               or cand.eval_pass >= live.eval_pass - pass_tol - 1e-9)
+    near_ok = math.isnan(live.near_loss) or math.isnan(cand.near_loss) or cand.near_loss <= live.near_loss * (1 + eval_tol) + 1e-9
+    guard_ok = cand.guard_ppl <= live.guard_ppl * (1 + guard_tol)
+    matched = ("" if cand.user_match != cand.user_match else
+               f"; answer match {live.user_match:.0%} -> {cand.user_match:.0%}")
     if not improved:
-        reason = "no improvement on the user's held-out examples"
+        reason = (f"no improvement on the user's held-out phrasings: held-out gain {gain:.1%} < {min_gain:.0%} needed "
+                  f"(loss {live.user_loss:.3f} -> {cand.user_loss:.3f}){matched}, not higher")
+    elif not near_ok:
+        reason = (f"the corrections contradict the pack's own answers to similar questions: their loss "
+                  f"{live.near_loss:.3f} -> {cand.near_loss:.3f}, +{_rise(live.near_loss, cand.near_loss):.0%} > "
+                  f"{eval_tol:.0%} allowed")
     elif not pass_ok:
-        reason = (f"the pack's eval answers got worse (pass rate {live.eval_pass:.0%} -> {cand.eval_pass:.0%}, "
-                  f"tolerance {settings.eval_pass_tolerance:.0%})")
+        reason = (f"the pack's eval answers got worse: pass rate {live.eval_pass:.0%} -> {cand.eval_pass:.0%}, "
+                  f"drop {live.eval_pass - cand.eval_pass:.0%} > {pass_tol:.0%} allowed")
     elif not loss_ok:
-        reason = (f"the pack's eval answers got worse (loss {live.eval_loss:.3f} -> {cand.eval_loss:.3f}, "
-                  f"tolerance {settings.eval_tolerance:.0%})")
+        reason = (f"the pack's eval answers got worse: loss {live.eval_loss:.3f} -> {cand.eval_loss:.3f}, "
+                  f"+{_rise(live.eval_loss, cand.eval_loss):.1%} > {eval_tol:.0%} allowed")
     elif not guard_ok:
-        reason = (f"general ability regressed (guard perplexity {live.guard_ppl:.2f} -> {cand.guard_ppl:.2f}, "
-                  f"tolerance {settings.guard_tolerance:.0%})")
+        reason = (f"general ability regressed: guard perplexity {live.guard_ppl:.2f} -> {cand.guard_ppl:.2f}, "
+                  f"+{_rise(live.guard_ppl, cand.guard_ppl):.1%} > {guard_tol:.0%} allowed")
     else:
-        reason = "better on the user's examples, no regression on the pack eval or guard set"
-    return Decision(improved and eval_ok and guard_ok, reason, live, cand, heldout_is_separate)
+        reason = (f"held-out gain {gain:.1%} (>= {min_gain:.0%} needed){matched}; pack eval loss "
+                  f"{_rise(live.eval_loss, cand.eval_loss):+.1%} (<= {eval_tol:.0%}), guard perplexity "
+                  f"{_rise(live.guard_ppl, cand.guard_ppl):+.1%} (<= {guard_tol:.0%})")
+    return Decision(improved and loss_ok and pass_ok and near_ok and guard_ok, reason, live, cand, heldout_is_separate)

@@ -25,6 +25,7 @@ from personalization import trainer as trainer_mod
 from personalization.adapters import AdapterStore
 
 STATE = "state.json"
+TRAIN_SHARE = 0.6  # of the round's time budget; the gate gets the rest
 
 
 @dataclass
@@ -171,25 +172,40 @@ class Learner:
         engine = self.assistant.engine
         base = copy.deepcopy(self._base_model(engine))
         model = trainer_mod.resume(base, source[0].path(source[1])) if source else trainer_mod.create(base, self.settings)
-        examples = data.train + data.replay
+        examples = data.train + getattr(data, "pairs", []) + data.replay
         key = (user, pack_id)
-        self._running[key] = {"phase": "training", "examples": len(examples)}
+        budget = float(self.settings.time_budget_s)
+        self._running[key] = {"phase": "training", "examples": len(examples), "budget_s": budget}
 
-        def progress(p: trainer_mod.Progress) -> None:
-            self._running[key] = {"phase": "training", "examples": p.examples, "step": p.step, "steps": p.total_steps,
-                                  "loss": round(p.loss, 4), "eta_s": round(p.eta_s, 1)}
+        def report(p: trainer_mod.Progress) -> None:
+            elapsed = time.perf_counter() - t0
+            self._running[key] = {"phase": p.phase, "examples": p.examples, "step": p.step, "steps": p.total_steps,
+                                  "loss": round(p.loss, 4), "eta_s": round(p.eta_s, 1),
+                                  "elapsed_s": round(elapsed, 1), "budget_s": budget}
             for listener in self.listeners:
                 listener(user, pack_id, self._running[key])
             if on_progress:
                 on_progress(p)
 
+        # The whole round keeps to the time budget: training gets its share, the rest is the gate's.
+        train_settings = copy.copy(self.settings)
+        train_settings.time_budget_s = max(5.0, budget * TRAIN_SHARE - (time.perf_counter() - t0))
         try:
             result = trainer_mod.train(
-                model, engine.tokenizer, engine.render, examples, self.settings, on_progress=progress,
+                model, engine.tokenizer, engine.render, examples, train_settings, on_progress=report,
                 should_pause=lambda: getattr(engine, "generating", False), should_stop=should_stop,
             )
-            self._running[key] = {"phase": "gating"}
+            gate_t0 = time.perf_counter()
+            parts = ["live side", "candidate", "answers"]
+
+            def gating(done: int) -> None:
+                spent = time.perf_counter() - gate_t0
+                report(trainer_mod.Progress(len(examples), done, len(parts), result.final_loss, spent,
+                                            phase=f"evaluating ({parts[min(done, len(parts) - 1)]})"))
+
+            gating(0)
             evals, guard, sets = self._gate_sets(pack)
+            near = gate_mod.near_examples(data.train, pack.eval_probes(), pack.system_prompt())
             # The live side's eval loss and guard perplexity do not depend on the user's data:
             # reuse them from the live version's meta.json, or from the base model's cache.
             known = self._known_general(engine, pack_id, source, sets)
@@ -203,13 +219,15 @@ class Learner:
 
             with live_side():
                 live_scores = gate_mod.score(scorer, engine.tokenizer, engine.render, data.heldout, evals, guard,
-                                             engine.eos_ids, known, match=False)
+                                             engine.eos_ids, known, match=False, near=near)
             if source is None:
                 self._base_general[(engine.name, pack_id, sets)] = (live_scores.eval_loss, live_scores.guard_ppl,
                                                                     live_scores.eval_pass)
+            gating(1)
             with gate_mod.merged(model):  # scored after the live side, which may use the same base weights
                 cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids,
-                                      match=False)
+                                      match=False, near=near)
+                gating(2)
                 if not gate_mod.loss_improved(live_scores, cand):
                     cand.user_match = gate_mod.answer_match(model, engine.tokenizer, engine.render, data.heldout,
                                                             engine.eos_ids)
@@ -227,6 +245,7 @@ class Learner:
                 parent = f"{source[0].user}/{source[1]}" if source else None
                 meta = self._meta(engine, data, result, decision, parent)
                 meta["gate_sets"] = sets
+                meta["sources"] = data.sources()  # the turn ids and memory ids this version trained on
                 version = store.publish(staged, meta)
                 live = version
                 keep = self.settings.keep_versions

@@ -3,7 +3,9 @@
 Creating an adapter and resuming one are separate paths: ``create`` wraps the base model in a
 fresh LoRA; ``resume`` loads a saved version with ``is_trainable=True`` and checks it really has
 trainable parameters. Training works on its own copy of the base weights, never on the weights
-serving replies, and stops at a step or time budget. Loss is on the answer tokens only.
+serving replies, and stops at a step or time budget. Loss is on the answer tokens only;
+preference pairs add DPO (``objectives``) and replay examples a distillation term against the
+model the round started from.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from assistant.errors import AdapterError
+from personalization import objectives
 from personalization.dataset import Example
 
 
@@ -26,10 +29,13 @@ class Progress:
     total_steps: int
     loss: float
     elapsed_s: float
+    phase: str = "training"  # "training", then "evaluating" (step/total_steps count the gate's parts)
+    budget_s: float = float("inf")  # this phase's time budget: the estimate never runs past it
 
     @property
     def eta_s(self) -> float:
-        return self.elapsed_s / max(1, self.step) * (self.total_steps - self.step)
+        by_steps = self.elapsed_s / max(1, self.step) * (self.total_steps - self.step)
+        return max(0.0, min(by_steps, self.budget_s - self.elapsed_s))
 
 
 @dataclass
@@ -85,31 +91,79 @@ def encode(tokenizer: Any, render: Callable[..., list[int]], ex: Example, max_le
     return ids, labels
 
 
+def _encode_item(tokenizer: Any, render: Callable[..., list[int]], ex: Example, max_len: int) -> dict[str, Any] | None:
+    """One training item: supervised (ids, labels), or for a pair both answers' (ids, labels)."""
+    chosen = encode(tokenizer, render, ex, max_len)
+    if not any(label != -100 for label in chosen[1]):
+        return None
+    item: dict[str, Any] = {"ex": ex, "chosen": chosen, "own": ex.source != "replay"}
+    if ex.is_pair:
+        rejected = encode(tokenizer, render, replace(ex, answer=ex.rejected, rejected=""), max_len)
+        if not any(label != -100 for label in rejected[1]):
+            return None
+        item["rejected"] = rejected
+    return item
+
+
+def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float) -> None:
+    """The starting model's numbers, once before the first step: answer log-probabilities of
+    both sides of each pair (DPO's reference) and top-k distributions on replay answers."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        for item in items:
+            if "rejected" in item:
+                item["ref"] = (float(objectives.answer_logprob(model, *item["chosen"])[0]),
+                               float(objectives.answer_logprob(model, *item["rejected"])[0]))
+            elif not item["own"] and kl_weight > 0:
+                item["ref_topk"] = objectives.reference_topk(model, *item["chosen"])
+    model.train()
+
+
+def _step_loss(model: Any, item: dict[str, Any], settings: Any) -> tuple[Any, float]:
+    """The loss of one item and its answer loss (for the progress line and early stopping)."""
+    import torch
+
+    if "rejected" in item:
+        lp_c, nll_c = objectives.answer_logprob(model, *item["chosen"])
+        lp_r, _ = objectives.answer_logprob(model, *item["rejected"])
+        pref = objectives.dpo_loss(lp_c, lp_r, item["ref"][0], item["ref"][1], getattr(settings, "dpo_beta", 0.1))
+        loss = getattr(settings, "pair_weight", 1.0) * pref + getattr(settings, "pair_sft_weight", 1.0) * nll_c
+        return loss, float(nll_c.detach())
+    if not item["own"]:
+        return objectives.replay_loss(model, *item["chosen"], item.get("ref_topk"), getattr(settings, "kl_weight", 0.5))
+    ids, labels = item["chosen"]
+    out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+    return out.loss * item["ex"].weight, float(out.loss.detach())
+
+
 def train(
     model: Any, tokenizer: Any, render: Callable[..., list[int]], examples: Sequence[Example], settings: Any, *,
     on_progress: Callable[[Progress], None] | None = None, should_pause: Callable[[], bool] | None = None,
     should_stop: Callable[[], bool] | None = None, max_len: int = 384,
 ) -> TrainResult:
-    """Plain AdamW over shuffled examples, one example per step; fixed seed."""
+    """AdamW over shuffled items, one a step; fixed seed. A supervised example costs one forward
+    (loss on its answer), a replay example adds the distillation term against the starting
+    model, a preference pair (``Example.rejected``) costs two forwards: DPO plus the chosen
+    answer's loss."""
     import torch
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    pairs = [(encode(tokenizer, render, ex, max_len), ex.source != "replay") for ex in examples]
-    pairs = [(e, own) for e, own in pairs if any(label != -100 for label in e[1])]
-    encoded = [e for e, _ in pairs]
-    is_own = [own for _, own in pairs]
-    if not encoded:
+    items = [it for it in (_encode_item(tokenizer, render, ex, max_len) for ex in examples) if it is not None]
+    if not items:
         raise AdapterError("nothing to train on: no example has answer tokens")
+    t0 = time.perf_counter()
+    _references(model, items, getattr(settings, "kl_weight", 0.5))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     model.train()
     total = settings.max_steps
-    t0 = time.perf_counter()
     tokens = 0
     order: list[int] = []
     loss_ema = float("nan")
-    own_ema = float("nan")  # the loss on the user's own examples (not replay): early stopping
+    own_ema = float("nan")  # the answer loss on the user's own examples (not replay): early stopping
     target = getattr(settings, "target_loss", 0.0)
     stopped = "steps"
     step = 0
@@ -123,22 +177,21 @@ def train(
             stopped, step = "time", step - 1
             break
         if not order:
-            order = list(range(len(encoded)))
+            order = list(range(len(items)))
             rng.shuffle(order)
-        index = order.pop()
-        ids, labels = encoded[index]
-        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-        out.loss.backward()
+        item = items[order.pop()]
+        loss, value = _step_loss(model, item, settings)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
-        tokens += len(ids)
-        value = float(out.loss.detach())
+        tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
         loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
-        if is_own[index]:
+        if item["own"]:
             own_ema = value if math.isnan(own_ema) else 0.7 * own_ema + 0.3 * value
         if on_progress is not None:
-            on_progress(Progress(len(encoded), step, total, loss_ema, time.perf_counter() - t0))
+            on_progress(Progress(len(items), step, total, loss_ema, time.perf_counter() - t0,
+                                 budget_s=settings.time_budget_s))
         # Once the user's examples are learned, more steps mostly cost general ability.
         if target > 0 and step >= 10 and own_ema < target:
             stopped = "converged"

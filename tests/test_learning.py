@@ -56,8 +56,12 @@ def test_facts_become_templated_questions_and_replay_is_mixed_in():
     seed = [{"prompt": f"q{i}", "answer": f"a{i}"} for i in range(30)]
     data = dataset.build([], [M()], seed, SYSTEM)
     assert data.replay and all(e.source == "replay" for e in data.replay)
-    assert data.heldout  # too few to hold out: scored on the same examples, and marked so
-    assert not data.heldout_is_separate
+    assert len(data.train) == len(examples)  # every example trained
+    # the gate asks other phrasings, plain and with the fact as a recalled memory
+    trained = {e.messages[-1]["content"] for e in data.train}
+    asked = [e.messages[-1]["content"] for e in data.heldout]
+    assert asked and data.heldout_is_separate and not trained & set(asked)
+    assert any("Lyon" in q for q in asked) and any("Lyon" not in q for q in asked)
 
 
 def test_loss_is_only_on_answer_tokens(tiny_engine):
