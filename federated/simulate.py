@@ -86,7 +86,9 @@ def _replay(engine: Any, settings: Any, home: Path, pack: str, user: dict[str, A
         for session in user["sessions"]:
             chat = a.chat(user["id"], pack, use_memory=True, use_adapter=False, source="bench")
             for turn in session:
-                chat.send(turn["user"], scripted_reply=turn.get("assistant"), temperature=0, seed=0,
+                # Turns without a scripted reply only state things (memories): a fixed reply
+                # instead of a generated one keeps the replay cheap; they are no training data.
+                chat.send(turn["user"], scripted_reply=turn.get("assistant") or "Noted.", temperature=0, seed=0,
                           max_new_tokens=tokens).collect()
                 if "rating" in turn:
                     chat.rate(int(turn["rating"]))

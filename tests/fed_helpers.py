@@ -68,12 +68,24 @@ def add_user(home: Path, user: str, pack: str = "general") -> list[str]:
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
+    """What the users' data says: every journal's rows (SQLite dump, so WAL checkpoints and the
+    shared-memory file, which any reader touches, do not count) and every other file's bytes."""
     import hashlib
+    import sqlite3
 
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.name.endswith(".sqlite3"):
+            db = sqlite3.connect(str(p))
+            try:
+                data = "\n".join(db.iterdump()).encode()
+            finally:
+                db.close()
+        else:
+            data = p.read_bytes()
+        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
     return out
 
 
