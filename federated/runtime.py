@@ -12,6 +12,7 @@ a certificate and key for the server); ``--insecure`` is refused there.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -84,25 +85,40 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def _descendants(self) -> list[Any]:
+        """Flower's SuperExec and app processes detach into sessions of their own; find them
+        as descendants so they stop with the process that started them."""
+        try:
+            import psutil
+
+            return psutil.Process(self.popen.pid).children(recursive=True)
+        except Exception:
+            return []
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop this process and the children it started (its own process group)."""
-        if self.popen.poll() is not None:
-            return
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
+        """Stop this process and every process it started."""
+        kids = self._descendants()
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        for kid in kids:
+            with contextlib.suppress(Exception):
+                kid.kill()
 
     def kill_group(self) -> None:
-        try:
+        """SIGKILL, as a crash would: the process, its group and everything it started."""
+        kids = self._descendants()
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for kid in kids:
+            with contextlib.suppress(Exception):
+                kid.kill()
         self.popen.wait(5)
 
 
@@ -210,7 +226,7 @@ def flwr_run(home: Path, address: str, insecure: bool, root_certificates: str | 
     args = [tool("flwr"), "run", str(app), "assistant", "--format", "json"]
     if overrides:
         args += ["--run-config", overrides]
-    out = subprocess.run(args, env=env_for(home), capture_output=True, text=True, timeout=120, cwd=str(app))
+    out = subprocess.run(args, env=env_for(home), capture_output=True, text=True, timeout=900, cwd=str(app))
     try:
         data = json.loads(out.stdout[out.stdout.index("{"):])
         return int(data["run-id"])

@@ -180,6 +180,8 @@ def run_simulation(cfg: SimConfig, say: Callable[[str], None] = lambda m: None) 
     procs = [runtime.start_superlink(server, "127.0.0.1", port, insecure=True, nice=5)]
     address = f"127.0.0.1:{port}"
     lock = root / "train.lock"
+    rounds_dir = fed_dir(server) / "rounds"
+    run_id = -1
     try:
         for i, home in enumerate(devices):
             env = runtime.env_for(home)

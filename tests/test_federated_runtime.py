@@ -53,7 +53,11 @@ def _start(server: Path, devices: list[Path], run_config: dict, capture: Path | 
         args = [runtime.tool("flower-supernode"), "--superlink", address, "--port", str(ports[-1]),
                 "--insecure", "--max-wait-time", "120"]
         procs.append(runtime._spawn(f"supernode{i}", args, home, env=env))
-    run_id = runtime.flwr_run(server, address, True, None, {"home": str(server), **run_config}, DEFAULTS)
+    try:
+        run_id = runtime.flwr_run(server, address, True, None, {"home": str(server), **run_config}, DEFAULTS)
+    except BaseException:
+        _stop(procs)
+        raise
     return procs, run_id, ports
 
 
