@@ -31,6 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "assistant-federated"
 
 
+def launcher(name: str) -> list[str]:
+    """The command that starts a SuperLink or SuperNode (see ``federated.launch``)."""
+    tool(name)  # present: the extra is installed
+    return [sys.executable, "-m", "federated.launch", name]
+
+
 def tool(name: str) -> str:
     path = Path(sys.executable).parent / name
     if not path.exists():
@@ -157,7 +163,7 @@ def tail(path: Path, lines: int = 15) -> str:
 def start_superlink(home: Path, host: str, port: int, insecure: bool, certs: Path | None = None,
                     nice: int = 0) -> Proc:
     check_transport(host, insecure, certs is not None, "--certificates DIR (ca.crt, server.pem, server.key)")
-    args = [tool("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    args = launcher("flower-superlink") + ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if insecure:
         args.append("--insecure")
     else:
@@ -173,7 +179,7 @@ def start_supernode(home: Path, address: str, runtime_port: int, insecure: bool,
                     nice: int = 0, name: str = "supernode") -> Proc:
     host, _ = split_address(address)
     check_transport(host, insecure, bool(root_certificates), "--root-certificates CA.crt")
-    args = [tool("flower-supernode"), "--superlink", address, "--port", str(runtime_port), "--max-wait-time", "600"]
+    args = launcher("flower-supernode") + ["--superlink", address, "--port", str(runtime_port), "--max-wait-time", "600"]
     args += ["--insecure"] if insecure else ["--root-certificates", str(root_certificates)]
     return _spawn(name, args, home, nice=nice)
 

@@ -186,7 +186,7 @@ def run_simulation(cfg: SimConfig, say: Callable[[str], None] = lambda m: None) 
         for i, home in enumerate(devices):
             env = runtime.env_for(home)
             env["PA_FED_SERIAL_LOCK"] = str(lock)
-            args = [runtime.tool("flower-supernode"), "--superlink", address, "--port", str(runtime.free_port()),
+            args = runtime.launcher("flower-supernode") + ["--superlink", address, "--port", str(runtime.free_port()),
                     "--insecure", "--max-wait-time", "600"]
             procs.append(runtime._spawn(f"supernode{i}", ["nice", "-n", "5"] + args, home, env=env))
         run_config = {"home": str(server), "pack": cfg.pack, "num-rounds": cfg.rounds, "min-devices": cfg.devices,

@@ -50,7 +50,7 @@ def _start(server: Path, devices: list[Path], run_config: dict, capture: Path | 
         if capture is not None:
             env["PA_FED_CAPTURE"] = str(capture / f"device{i}")
         ports.append(runtime.free_port())
-        args = [runtime.tool("flower-supernode"), "--superlink", address, "--port", str(ports[-1]),
+        args = runtime.launcher("flower-supernode") + ["--superlink", address, "--port", str(ports[-1]),
                 "--insecure", "--max-wait-time", "120"]
         procs.append(runtime._spawn(f"supernode{i}", args, home, env=env))
     try:
