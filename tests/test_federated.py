@@ -213,3 +213,33 @@ def test_a_device_that_never_joined_opens_no_socket(home):
                          cwd=str(ROOT))
     assert "NO SOCKET 0" in out.stdout, out.stdout + out.stderr
     assert "not joined" in out.stdout
+
+
+@pytest.mark.real
+def test_real_model_device_update_is_b_only(home, real_engine, tmp_path):
+    """On the default model: a device's update from a fresh community adapter trains only B
+    (368,640 entries at rank 8 on q/k/v/o), leaves A as sent, and reads its users' data only."""
+    import copy
+
+    import numpy as np
+
+    from assistant import settings as settings_mod
+    from federated import config as config_mod
+    from federated import lora
+    from federated.local import load_training_engine, train_update
+    from personalization import trainer
+
+    (home / "config.toml").write_text("[memory]\nenabled = false\n")
+    add_user(home, "ana")
+    before = tree_digest(home / "users")
+    settings = settings_mod.load()
+    engine = load_training_engine(settings)
+    model = trainer.create(copy.deepcopy(engine.model), settings.learning)
+    model.save_pretrained(str(tmp_path / "fresh"))
+    ad = lora.read(tmp_path / "fresh")
+    cfg = config_mod.FederatedConfig(idle_seconds=0.0, max_cpu_percent=100.0, require_mains=False, steps=2, max_len=96)
+    u = train_update(ad, "general", cfg, settings=settings, engine=engine, time_budget_s=300)
+    assert sum(a.size for a in u.b_arrays) == 368_640
+    assert u.steps == 2 and u.update_norm > 0 and u.examples > 0
+    assert any(not np.allclose(new, old) for new, old in zip(u.b_arrays, ad.b_arrays()))
+    assert tree_digest(home / "users") == before
