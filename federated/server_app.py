@@ -62,6 +62,7 @@ class CommunityStrategy(FedAvg):
         self.recorder = recorder
         self.round_started: dict[int, float] = {}
         self.round_clients: dict[int, dict[str, Any]] = {}
+        self.round_sampled: dict[int, int] = {}
 
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, FitIns]]:
         self.round_started[server_round] = time.time()
@@ -72,6 +73,7 @@ class CommunityStrategy(FedAvg):
         params = ndarrays_to_parameters(pub.b_arrays())
         n, least = self.num_fit_clients(client_manager.num_available())
         clients = client_manager.sample(num_clients=n, min_num_clients=least)
+        self.round_sampled[server_round] = len(clients)
         return [(c, FitIns(params, dict(config))) for c in clients]
 
     def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[Any, dict[str, Any]]:
@@ -121,8 +123,9 @@ class SurvivorDP(DifferentialPrivacyClientSideFixedClipping):
         self.num_sampled_clients = len(results)
         inner = self.strategy
         agg, metrics = super().aggregate_fit(server_round, results, [])
-        if isinstance(inner, CommunityStrategy):
-            inner.round_clients.setdefault(server_round, {})["failed"] = len(failures)
+        if isinstance(inner, CommunityStrategy):  # devices, not failure events (one per SecAgg+ stage)
+            sampled = inner.round_sampled.get(server_round, len(results))
+            inner.round_clients.setdefault(server_round, {})["failed"] = max(0, sampled - len(results))
         return agg, metrics
 
 
