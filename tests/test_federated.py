@@ -3,9 +3,7 @@ accountant, the idle guard, opt-in and transport rules, the device's local train
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +14,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from tests.fed_helpers import USER_STRINGS, add_user, fed_config, save_tiny_model, tree_digest, write_settings
+from tests.fed_helpers import add_user, save_tiny_model, tree_digest, write_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
