@@ -460,7 +460,7 @@ def _load_extra() -> None:
 
     if _EXTRA:
         return
-    for module in ("personalization.cli", "assistant.api_cli", "tui.cli", "personalization.bench_cli"):
+    for module in ("personalization.cli", "assistant.api_cli", "tui.cli", "personalization.bench_cli", "federated.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
