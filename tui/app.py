@@ -6,7 +6,6 @@ reach the widgets only through ``call_from_thread``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -17,57 +16,25 @@ from textual.actions import SkipAction
 from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.widgets import Footer, Header, Input
 
 from assistant.engine import CancelToken
 from assistant.errors import AssistantError
-from tui.screens import (
-    ConversationsScreen, EditScreen, HelpScreen, LearningScreen, MemoryScreen, OnboardingScreen, PackScreen,
-    describe_event,
-)
+from assistant.learning_notice import feedback_outlook
+from assistant.settings import remember_choice, remembered_choice
+from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
+from tui.keys import KEYS, OTHER_KEYS, SHOWN as _SHOWN, clashes, multiplexer_keys
+from tui.screens import ConversationsScreen, EditScreen, HelpScreen, MemoryScreen, OnboardingScreen, PackScreen
 from tui.widgets import (
     AssistantMessage, ChatLog, CorrectionMessage, NoteMessage, PromptInput, Sidebar, StarterQuestion, UserMessage,
     format_memories,
 )
 
-# (action, default key, description): ids for `settings.tui.keys` remapping.
-KEYS: list[tuple[str, str, str]] = [
-    ("cancel", "escape", "stop the answer"),
-    ("rate_up", "ctrl+g", "good answer (+1)"),
-    ("rate_down", "ctrl+b", "bad answer (-1)"),
-    ("correct", "ctrl+r", "correct the answer"),
-    ("copy", "ctrl+y", "copy the answer"),
-    ("compose", "ctrl+t", "write a multi-line message"),
-    ("new_chat", "ctrl+n", "new chat"),
-    ("help", "f1", "help"),
-    ("memories", "f2", "memories"),
-    ("conversations", "f3", "conversations"),
-    ("packs", "f4", "switch pack"),
-    ("learning", "f5", "learning and adapters"),
-    ("quit", "ctrl+q", "quit"),
-]
-OTHER_KEYS: list[tuple[str, str, str]] = [
-    ("submit", "enter", "send the message"),
-    ("history", "up / down", "previous / next message you sent"),
-    ("select", "click an answer", "show the memories it used"),
-    ("(editor)", "ctrl+s", "save in the correction / memory editor"),
-    ("(memories)", "ctrl+e, del", "edit / forget the highlighted memory"),
-    ("(conversations)", "ctrl+r, del", "rename / delete the highlighted conversation"),
-    ("(learning)", "ctrl+l", "learn from your feedback now"),
-    ("(learning)", "enter, ctrl+o", "use the highlighted adapter version (or the base model)"),
-    ("select", "click a suggestion", "put a starter question in the prompt"),
-]
-_SHOWN = {"cancel", "rate_up", "rate_down", "correct", "help", "memories", "conversations", "learning", "quit"}
-LAST_CHOICE = "tui.json"  # the name and pack chosen at onboarding, used while config.toml names neither
-
-
-class LearningEvent(Message):
-    """A learner event, posted from the learner's thread (post_message is thread-safe)."""
-
-    def __init__(self, user: str, pack: str, event: dict[str, Any], manual: bool = False) -> None:
-        super().__init__()
-        self.user, self.pack, self.event, self.manual = user, pack, event, manual
+# What "continue" sends: the answer that stopped at the token limit is in the history, so the
+# model picks up from its end.
+CONTINUE_PROMPT = "Continue your last answer exactly where it stopped, without repeating it."
+PROMPT_COMMANDS = {"/good": "rate_up", "/bad": "rate_down", "/correct": "correct", "/continue": "continue",
+                   "/help": "help", "/new": "new_chat"}
 
 
 def existing_users() -> list[str]:
@@ -80,46 +47,26 @@ def existing_users() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and paths._USER_RE.match(p.name))
 
 
-def _last_choice_file():
-    from assistant import paths
-
-    return paths.home() / LAST_CHOICE
-
-
 def read_last_choice() -> dict[str, str]:
-    try:
-        data = json.loads(_last_choice_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The user and pack last used in the TUI (kept by ``assistant.settings``)."""
+    return remembered_choice()
 
 
 def write_last_choice(user: str, pack: str) -> None:
-    path = _last_choice_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"user": user, "pack": pack}))
-    except OSError:
-        pass
+    remember_choice(user, pack)
 
 
-def round_summary(result: Any) -> dict[str, Any]:
-    """A ``RoundResult`` as the dict the learner's "done" event carries."""
-    decision = getattr(result, "decision", None)
-    return {
-        "phase": "done", "promoted": bool(getattr(result, "promoted", False)), "version": getattr(result, "version", None),
-        "live": getattr(result, "live", None),
-        "reason": decision.reason if decision is not None else getattr(result, "message", ""),
-        "gate": decision.to_json() if decision is not None else None,
-    }
-
-
-class AssistantApp(App):
+class AssistantApp(LearningMixin, App):
     CSS_PATH = "styles.tcss"
     TITLE = "assistant"
     BINDINGS = [
         Binding(key, action, desc, id=action, show=action in _SHOWN, priority=key != "escape")
         for action, key, desc in KEYS
+    ] + [
+        # ctrl+c stops a streaming answer (as in the line chat); otherwise it falls through to the
+        # prompt's copy and Textual's "press ctrl+q to quit" hint.
+        Binding("ctrl+c", "stop", "stop the answer", show=False, priority=True),
+        Binding("ctrl+z", "suspend_process", "suspend", show=False),  # an editor's undo comes first
     ]
 
     def __init__(self, settings: Any, assistant: Any, user: str | None = None, pack: str | None = None,
@@ -149,6 +96,10 @@ class AssistantApp(App):
         self.learning_progress: dict[tuple[str, str], dict[str, Any]] = {}  # rounds in progress, by (user, pack)
         self._manual_round: tuple[str, str] | None = None
         self._quitting = threading.Event()
+        self._loading: Any = None  # a tui.loading.LoadProgress while the model loads
+        if getattr(assistant, "_progress", "absent") is None:
+            # Engine.load's messages (conversion, calibration) drive the status line.
+            assistant._progress = self._load_message
 
     # ------------------------------------------------------------------ layout
     def compose(self):
@@ -164,6 +115,8 @@ class AssistantApp(App):
         if unknown:
             self.notify(f"unknown action(s) in tui.keys: {', '.join(unknown)}", severity="warning")
         self.set_keymap({k: v for k, v in self.keymap.items() if k not in unknown})
+        for warning in clashes(self.key_rows()[:len(KEYS)], multiplexer_keys()):
+            self.notify(warning, title="keys", severity="warning", timeout=15)
         self.query_one("#hints").update("\n".join(f"[b]{escape(k)}[/] {escape(d)}" for _a, k, d in self.key_rows()
                                                   if _a in _SHOWN or _a in ("packs", "copy", "new_chat")))
         learner = self.assistant.learner
@@ -173,6 +126,7 @@ class AssistantApp(App):
             self._engine_ready()
         else:
             self._set_status("loading the model…", busy=True)
+            self._loading_timer = self.set_interval(1.0, self._show_loading, name="loading")
             self.load_engine()  # loads while the onboarding is on screen, too
         if self.chat is None:
             user, pack = self._given
@@ -198,12 +152,12 @@ class AssistantApp(App):
             self.notify(str(exc), severity="error")
             self.push_screen(OnboardingScreen(self.assistant.catalog.packs, user, pack), self._onboarded)
             return
-        write_last_choice(user, pack)
         self._chat_started()
         self.notify(f"welcome, {user}! Rate answers (+1/-1) or correct them: the assistant learns from it.",
                     title="ready", timeout=8)
 
     def _chat_started(self) -> None:
+        remember_choice(self.chat.user, self.chat.pack.id)  # the next start (TUI or CLI) is this user, this pack
         self._show_who()
         self.query_one(PromptInput).focus()
         self._conversation_intro()
@@ -244,15 +198,55 @@ class AssistantApp(App):
     # ------------------------------------------------------------------ model loading
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def load_engine(self) -> None:
+        from tui import loading
+
+        try:
+            progress = loading.LoadProgress(loading.plan(self.settings))
+        except Exception:  # noqa: BLE001 - the plan is only for showing progress
+            progress = loading.LoadProgress([loading.Step("load", "loading the model", 0.0)])
+        progress.advance(progress.steps[0].key)
+        self._loading = progress
+        if progress.first_start:
+            self.call_from_thread(self._note, loading.intro(progress.steps))
         try:
             self.assistant.engine  # noqa: B018 - the property loads it
+            if self.settings.memory.enabled:
+                progress.advance("embedder")
+                from memory import embedder
+
+                embedder.get(self.settings.memory.embedder).embed(["warm up"])  # the first answer need not wait
         except Exception as exc:  # noqa: BLE001
+            self._loading = None
+            if self.assistant.engine_loaded:  # only the embedder failed: the first answer says why
+                self.call_from_thread(self._engine_ready)
+                return
             self.call_from_thread(self._set_status, "[red]the model failed to load[/]")
             self.call_from_thread(self.notify, str(exc), title="model", severity="error", timeout=30)
             return
+        seconds = time.monotonic() - progress.started
+        self._loading = None
+        if progress.first_start:
+            self.call_from_thread(self.notify, f"the model is ready (first start took {seconds:.0f} s)", title="model",
+                                  timeout=6)
         self.call_from_thread(self._engine_ready)
 
+    def _load_message(self, message: str) -> None:
+        """Engine.load's progress (called in the load thread): the timer shows it."""
+        if self._loading is not None:
+            self._loading.on_message(message)
+
+    def _show_loading(self) -> None:
+        progress = self._loading
+        if progress is not None:
+            self._set_status(escape(progress.line()), busy=True)
+
     def _engine_ready(self) -> None:
+        if self._loading is not None:
+            return  # the engine is there, the embedder is still loading
+        timer = getattr(self, "_loading_timer", None)
+        if timer is not None:
+            timer.stop()
+            self._loading_timer = None
         engine = self.assistant.engine
         self._set_status(f"ready · {escape(str(getattr(engine, 'name', 'model')))}")
 
@@ -271,9 +265,14 @@ class AssistantApp(App):
 
         self.push_screen(EditScreen("Write a message (several lines are fine)", prompt.value), send)
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str, shown: str | None = None) -> None:
+        """Send ``text`` (``shown`` is what the log shows for it); /commands run their action."""
         text = text.strip()
         if not text:
+            return
+        word, _, rest = text.partition(" ")
+        if word.lower() in PROMPT_COMMANDS and self.chat is not None:
+            self._prompt_command(word.lower(), rest.strip())
             return
         if self._generating:
             self.notify("wait for the answer (or press Esc to stop it)", severity="warning")
@@ -282,7 +281,7 @@ class AssistantApp(App):
         prompt.remember(text)
         prompt.value = ""
         log = self.query_one(ChatLog)
-        user_msg = UserMessage(text)
+        user_msg = UserMessage(shown or text)
         answer = AssistantMessage()
         log.mount(user_msg)
         log.mount(answer)
@@ -317,11 +316,29 @@ class AssistantApp(App):
             return
         self.call_from_thread(self._finished, answer, reply)
 
+    def _prompt_command(self, command: str, rest: str) -> None:
+        """/good, /bad, /correct [TEXT], /continue, /help, /new typed in the prompt (the same as the
+        keys, for terminals where a key does not arrive)."""
+        prompt = self.query_one(PromptInput)
+        prompt.remember(f"{command} {rest}".strip())
+        prompt.value = ""
+        if command == "/correct" and rest:
+            target = self._feedback_target()
+            if target is not None:
+                self._save_correction(target, rest)
+            return
+        self.run_action(PROMPT_COMMANDS[command])
+
     async def _finished(self, answer: AssistantMessage, reply: Any) -> None:
         stats = reply.stats
         parts = []
         if stats.finish_reason == "cancelled":
             parts.append("[yellow]stopped[/]")
+        answer.truncated = stats.finish_reason == "length"
+        if answer.truncated:
+            key = self._key_for("continue")
+            parts.append(f"[yellow]…\\[stopped at {stats.completion_tokens} tokens — press {escape(key)} or type "
+                         "/continue to continue][/]")
         if stats.completion_tokens:
             tps = f" · {stats.decode_tps:.1f} tok/s" if stats.decode_tps else ""
             parts.append(f"{stats.completion_tokens} tokens{tps}")
@@ -374,12 +391,52 @@ class AssistantApp(App):
         if len(self.screen_stack) > 1 or self.chat is None:
             raise SkipAction()
 
+    def _key_for(self, action: str) -> str:
+        return next((k for a, k, _d in self.key_rows() if a == action), action)
+
     def action_cancel(self) -> None:
         self._chat_screen()
         if self._cancel is None:
             raise SkipAction()
         self._cancel.cancel()
         self.notify("stopping…", timeout=2)
+
+    def action_stop(self) -> None:
+        """ctrl+c: stop the answer while one streams; otherwise the key goes on (copy, quit hint)."""
+        if self._cancel is None or len(self.screen_stack) > 1:
+            raise SkipAction()
+        self.action_cancel()
+
+    def action_continue(self) -> None:
+        """Continue the last answer where the token limit stopped it (a new turn: "continue")."""
+        target = self._feedback_target()
+        if target is None:
+            return
+        if not getattr(target, "truncated", False):
+            self.notify("the last answer is complete (it did not stop at the token limit)", severity="warning")
+            return
+        self.send_text(CONTINUE_PROMPT, shown="(continue)")
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        self.deliver_screenshot(filename, path)
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """Save an SVG of the screen under the data directory (Textual's default, a Downloads
+        folder, may not exist) and say where."""
+        from assistant import paths
+
+        folder = path or str(paths.home() / "screenshots")
+        try:
+            import os
+
+            os.makedirs(folder, exist_ok=True)
+            saved = self.save_screenshot(filename, folder, time_format)
+        except OSError as exc:
+            self.notify(f"could not save the screenshot: {exc}", title="screenshot", severity="error")
+            return None
+        self.notify(f"saved {saved}", title="screenshot", timeout=8)
+        return saved
 
     def _feedback_target(self) -> AssistantMessage | None:
         self._chat_screen()
@@ -401,8 +458,16 @@ class AssistantApp(App):
             self.notify(str(exc), severity="error")
             return
         target.add_mark("[green]👍 rated +1[/]" if rating > 0 else "[red]👎 rated -1[/]")
-        self.notify("thanks: rated " + ("+1" if rating > 0 else "-1"), timeout=2)
+        if rating > 0:
+            self.notify("rated +1, " + self._outlook(), timeout=6)
+        else:
+            self.notify(f"rated -1: a bad answer alone is not trained on; correct it ({self._key_for('correct')} "
+                        "or /correct TEXT) to teach the right one", timeout=6)
         self.refresh_learning()
+
+    def _outlook(self) -> str:
+        return feedback_outlook(self.assistant, self.chat.user, self.chat.pack.id,
+                                background=self.assistant.learner.notify in self.assistant.listeners)
 
     def action_rate_up(self) -> None:
         self._rate(1)
@@ -416,19 +481,25 @@ class AssistantApp(App):
             return
 
         def save(text: str | None) -> None:
-            if not text:
-                return
-            try:
-                self.chat.correct(text, target.turn_id)
-            except AssistantError as exc:
-                self.notify(str(exc), severity="error")
-                return
-            self.query_one(ChatLog).mount(CorrectionMessage(text, target.turn_id), after=target)
-            target.add_mark("[cyan]corrected[/]")
-            self.notify("correction saved: it will be learned from", timeout=3)
-            self.refresh_learning()
+            if text:
+                self._save_correction(target, text)
 
-        self.push_screen(EditScreen("Correct this answer", target.text), save)
+        # The editor starts empty: the better answer is written from scratch, with the bad one
+        # shown read-only above it (pre-filling it invited small edits of a wrong answer).
+        self.push_screen(EditScreen("Write the answer it should have given", "", shown=target.text,
+                                    shown_title="The answer you are correcting (read-only):",
+                                    placeholder="Type the correct answer here"), save)
+
+    def _save_correction(self, target: AssistantMessage, text: str) -> None:
+        try:
+            self.chat.correct(text, target.turn_id)
+        except AssistantError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.query_one(ChatLog).mount(CorrectionMessage(text, target.turn_id), after=target)
+        target.add_mark("[cyan]corrected[/]")
+        self.notify("correction " + self._outlook(), timeout=6)
+        self.refresh_learning()
 
     def action_copy(self) -> None:
         target = self._feedback_target()
@@ -508,6 +579,7 @@ class AssistantApp(App):
             self.notify(str(exc), severity="error")
             return
         self.chat = chat
+        remember_choice(chat.user, chat.pack.id)  # a restart comes back to this pack
         self._clear_log()
         self._show_who()
         self.refresh_learning()
@@ -525,95 +597,6 @@ class AssistantApp(App):
             self._note(f"Switched to {chat.pack.name}.")
             self._conversation_intro()
 
-    # ------------------------------------------------------------------ learning
-    def action_learning(self) -> None:
-        self._chat_screen()
-        self.push_screen(LearningScreen(self.assistant, self.chat.user, self.chat.pack.id))
-
-    def _learning_listener(self, user: str, pack: str, event: Any) -> None:
-        """Registered with the learner: called from its thread, so it only posts a message."""
-        self.post_message(LearningEvent(user, pack, dict(event)))
-
-    def on_learning_event(self, message: LearningEvent) -> None:
-        key = (message.user, message.pack)
-        event = message.event
-        phase = event.get("phase")
-        if phase in ("done", "failed"):
-            if key == self._manual_round and not message.manual:
-                return  # "learn now" reports its own result (its worker posts it next)
-            if message.manual:
-                self._manual_round = None
-            self.learning_progress.pop(key, None)
-            self._round_finished(message.user, message.pack, event)
-        else:
-            self.learning_progress[key] = event
-        for screen in self.screen_stack:
-            if isinstance(screen, LearningScreen) and (screen.user, screen.pack) == key:
-                screen.apply_event(event)
-        self.refresh_learning()
-
-    def _round_finished(self, user: str, pack: str, event: dict[str, Any]) -> None:
-        where = "" if self.chat is not None and (user, pack) == (self.chat.user, self.chat.pack.id) else f" ({user}/{pack})"
-        if event.get("phase") == "failed":
-            self.notify(f"the learning round failed{where}: {event.get('error')}", title="learning", severity="error",
-                        timeout=10)
-        elif event.get("promoted"):
-            self.notify(f"learned from your feedback{where}: adapter {event.get('version')} is now live",
-                        title="learning", timeout=8)
-        elif event.get("gate"):
-            self.notify(f"the new adapter was rejected{where}, the live one stays: {event.get('reason')}",
-                        title="learning", severity="warning", timeout=10)
-        else:
-            self.notify(f"no learning round{where}: {event.get('reason')}", title="learning", severity="warning",
-                        timeout=8)
-
-    def refresh_learning(self) -> None:
-        """The sidebar's learning line: pending examples, the live adapter, a round in progress."""
-        if self.chat is None:
-            return
-        key = (self.chat.user, self.chat.pack.id)
-        box = self.query_one("#learning")
-        running = self.learning_progress.get(key)
-        if running:
-            box.update(escape(describe_event(running)))
-            return
-        try:
-            status = self.assistant.learner.status(*key)
-        except Exception as exc:  # noqa: BLE001 - e.g. a damaged adapter store
-            box.update(f"[red]{escape(str(exc))}[/]")
-            return
-        need = self.settings.learning.min_new_examples
-        live = f"adapter [b]{escape(status.live)}[/]" if status.live else "base model"
-        box.update(f"{status.pending}/{need} new examples · {live}")
-
-    def learn_now(self, user: str, pack: str) -> None:
-        """Run a learning round now, in a thread worker (the UI never waits for it)."""
-        if self._manual_round is not None or (user, pack) in getattr(self.assistant.learner, "_running", {}):
-            self.notify("a learning round is already running", severity="warning")
-            return
-        self._manual_round = (user, pack)
-        self.post_message(LearningEvent(user, pack, {"phase": "starting"}))
-        self.learn_worker(user, pack)
-
-    @work(thread=True, exclusive=True, group="learn", exit_on_error=False)
-    def learn_worker(self, user: str, pack: str) -> None:
-        learner = self.assistant.learner
-        lock = getattr(learner, "_lock", None)
-        if lock is not None and not lock.acquire(blocking=False):
-            self.post_message(LearningEvent(user, pack, {"phase": "failed", "error": "a learning round is already running"},
-                                            manual=True))
-            return
-        try:
-            result = learner.run_round(user, pack, should_stop=self._quitting.is_set)
-            event = round_summary(result)
-        except Exception as exc:  # noqa: BLE001 - every failure is shown, none kills the app
-            error = str(exc) if isinstance(exc, AssistantError) else f"{type(exc).__name__}: {exc}"
-            event = {"phase": "failed", "error": error}
-        finally:
-            if lock is not None:
-                lock.release()
-        self.post_message(LearningEvent(user, pack, event, manual=True))
-
 
 def make_app(settings: Any, assistant: Any = None, user: str | None = None, pack: str | None = None,
              onboarding: bool | None = None) -> AssistantApp:
@@ -629,9 +612,12 @@ def make_app(settings: Any, assistant: Any = None, user: str | None = None, pack
         assistant = Assistant(settings)
     from assistant.settings import ChatSettings
 
-    last = read_last_choice()
+    # The user and pack last used here, while config.toml (or a flag) names neither. The user
+    # is also every other command's default (assistant.settings.load applies it).
+    last = remembered_choice()
     if user is None and settings.chat.user == ChatSettings.user and last.get("user") in existing_users():
         user = last["user"]
-    if pack is None and settings.chat.pack == ChatSettings.pack and last.get("pack") in assistant.catalog.packs:
+    if (pack is None and settings.chat.pack == ChatSettings.pack and last.get("pack") in assistant.catalog.packs
+            and last.get("user") == (user or settings.chat.user)):
         pack = last["pack"]
     return AssistantApp(settings, assistant, user=user, pack=pack, onboarding=onboarding)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from rich.markup import escape
 from textual import on, work
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, OptionList, ProgressBar, Static, TextArea
 from textual.widgets.option_list import Option
@@ -50,18 +50,29 @@ class PackScreen(ModalScreen[str | None]):
 
 
 class EditScreen(ModalScreen[str | None]):
-    """A TextArea prefilled with ``text``; ctrl+s saves, esc cancels."""
+    """A TextArea starting with ``text``; ctrl+s saves, esc cancels.
+
+    ``shown`` is read-only text displayed above the editor (the answer being corrected), so the
+    editor itself can start empty and the user writes the better answer from scratch.
+    """
 
     BINDINGS = [Binding("ctrl+s", "save", "save", priority=True), Binding("escape", "dismiss(None)", "cancel")]
 
-    def __init__(self, title: str, text: str) -> None:
+    def __init__(self, title: str, text: str = "", *, shown: str | None = None, shown_title: str = "",
+                 placeholder: str = "") -> None:
         super().__init__()
         self.title_text, self.text = title, text
+        self.shown, self.shown_title, self.placeholder = shown, shown_title, placeholder
 
     def compose(self):
         with Vertical(classes="dialog", id="edit"):
             yield Label(f"[b]{escape(self.title_text)}[/b]  [dim]ctrl+s saves, esc cancels[/]")
-            yield TextArea(self.text, id="editor", soft_wrap=True)
+            if self.shown is not None:
+                yield Label(f"[dim]{escape(self.shown_title or 'For reference (not editable)')}[/]")
+                with VerticalScroll(id="edit-shown"):
+                    yield Static(self.shown, markup=False, id="edit-shown-text")
+                yield Label("[dim]Your text:[/]")
+            yield TextArea(self.text, id="editor", soft_wrap=True, placeholder=self.placeholder)
             with Horizontal(classes="buttons"):
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
@@ -279,6 +290,14 @@ def _fmt(fmt: str, value: Any) -> str:
         return "–" if value is None else str(value)
 
 
+def gate_rule(gate: dict[str, Any], learning: Any) -> str:
+    """The gate's checks with their numbers and thresholds, one line each (✓ passed, ✗ failed)."""
+    from assistant.learning_notice import gate_checks
+
+    marks = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}
+    return "\n".join(f"{marks[ok]} {escape(text)}" for ok, text in gate_checks(gate, learning))
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """One line for a learner event (the panel and the sidebar show it)."""
     phase = event.get("phase")
@@ -395,8 +414,9 @@ class LearningScreen(ModalScreen[None]):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["at"])) if last.get("at") else ""
         mark = "[green]PROMOTED[/]" if last.get("promoted") else "[yellow]REJECTED[/]" if last.get("gate") else "[dim]no candidate[/]"
         version = f" {escape(str(last['version']))}" if last.get("version") else ""
-        verdict.update(f"{mark}{version} [dim]{when}[/]\n{escape(str(last.get('reason') or ''))}")
         gate = last.get("gate") or {}
+        verdict.update(f"{mark}{version} [dim]{when}[/]\n{escape(str(last.get('reason') or ''))}"
+                       + (f"\n{gate_rule(gate, self.assistant.settings.learning)}" if gate else ""))
         table.clear()
         if gate:
             live, cand = gate.get("live") or {}, gate.get("candidate") or {}
