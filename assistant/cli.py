@@ -67,12 +67,152 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 CHAT_HELP = """commands:
-  /good            rate the last answer +1
-  /bad             rate the last answer -1
-  /correct TEXT    give the better answer to the last question
+  /good            rate the last answer +1 (it is learned from)
+  /bad             rate the last answer -1 (then /correct teaches the right one)
+  /correct TEXT    give the better answer to the last question (it is learned from)
+  /continue        continue an answer that stopped at the token limit
+  /learning        what is waiting to be learned, and the live adapter
   /memories        show what I remember about you
   /reset           start a new conversation
   /exit            quit (Ctrl-D too)"""
+
+# What /continue sends: the cut answer is in the history, so the model picks up from its end.
+CONTINUE_PROMPT = "Continue your last answer exactly where it stopped, without repeating it."
+
+
+class _ChatLearning:
+    """The line chat runs the learner's background rounds like the TUI and the API server, and
+    prints when one starts and finishes (between answers, never inside one)."""
+
+    def __init__(self, assistant: Any) -> None:
+        import threading
+
+        self.assistant = assistant
+        self.learner = assistant.learner
+        self.on = assistant.settings.learning.enabled
+        self._lock = threading.Lock()
+        self._busy = False
+        self._held: list[str] = []
+        self._running: set[tuple[str, str]] = set()
+        if self.on:
+            self.learner.listeners.append(self._event)
+            self.learner.start()
+
+    def _event(self, user: str, pack: str, event: Any) -> None:
+        from assistant.learning_notice import round_line
+
+        phase = event.get("phase")
+        key = (user, pack)
+        if phase == "training" and key in self._running:
+            return  # one line per round start, not one per step
+        if phase == "training":
+            self._running.add(key)
+        elif phase in ("done", "failed"):
+            self._running.discard(key)
+        line = round_line(dict(event), self.assistant.settings.learning)
+        if line:
+            self._say(f"[{line}]")
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            if self._busy:
+                self._held.append(text)
+                return
+        _err(f"\n{text}")
+        sys.stderr.write("you> ")
+        sys.stderr.flush()
+
+    def busy(self, value: bool) -> None:
+        with self._lock:
+            self._busy = value
+            held, self._held = (self._held, []) if not value else ([], self._held)
+        for text in held:
+            _err(text)
+
+    def outlook(self, chat: Any) -> str:
+        from assistant.learning_notice import feedback_outlook
+
+        return feedback_outlook(self.assistant, chat.user, chat.pack.id, background=self.on)
+
+    def status(self, chat: Any) -> str:
+        status = self.learner.status(chat.user, chat.pack.id)
+        need = self.assistant.settings.learning.min_new_examples
+        running = " · a round is running" if status.running else ""
+        return (f"{status.pending}/{need} new examples · live adapter: {status.live or 'none (base model)'}{running}"
+                + ("" if self.on else " · automatic rounds are off (learning.enabled = false)"))
+
+    def close(self) -> None:
+        if not self.on:
+            return
+        if self._running:
+            _err("[stopping the learning round in progress: it runs again next time]")
+        self.learner.stop()
+        if self._event in self.learner.listeners:
+            self.learner.listeners.remove(self._event)
+
+
+def _chat_answer(chat: Any, text: str, args: argparse.Namespace) -> None:
+    from assistant.engine import CancelToken
+
+    cancel = CancelToken()
+    reply = chat.send(text, cancel=cancel, **_gen_overrides(args))
+    sys.stdout.write("assistant> ")
+    try:
+        for chunk in reply:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        cancel.cancel()
+        for _ in reply:  # let the turn finish its bookkeeping
+            pass
+        sys.stdout.write(" [cancelled]")
+    if reply.stats.finish_reason == "length":
+        sys.stdout.write(f"…[stopped at {reply.stats.completion_tokens} tokens — type /continue to continue]")
+    sys.stdout.write("\n")
+    _print_sources(reply)
+
+
+def _chat_command(text: str, chat: Any, assistant: Any, learning: _ChatLearning, args: argparse.Namespace) -> bool:
+    """Run one /command; False for /exit."""
+    word, _, rest = text.partition(" ")
+    rest = rest.strip()
+    if word in ("/exit", "/quit"):
+        return False
+    if word == "/help":
+        print(CHAT_HELP)
+    elif word == "/reset":
+        chat.reset()
+        print("(new conversation)")
+    elif word == "/good":
+        chat.rate(1)
+        print(f"(rated +1, {learning.outlook(chat)})")
+    elif word == "/bad":
+        chat.rate(-1)
+        print("(rated -1: a bad answer alone is not trained on; /correct TEXT teaches the right one)")
+    elif word == "/correct":
+        if not rest:
+            raise AssistantError("say the better answer: /correct TEXT")
+        chat.correct(rest)
+        print(f"(correction {learning.outlook(chat)})")
+    elif word == "/continue":
+        last = chat.journal.turn(chat.last_turn_id) if chat.last_turn_id else None
+        if last is None or last.finish_reason != "length":
+            print("(the last answer is complete: it did not stop at the token limit)")
+        else:
+            learning.busy(True)
+            try:
+                _chat_answer(chat, CONTINUE_PROMPT, args)
+            finally:
+                learning.busy(False)
+    elif word == "/learning":
+        print(f"({learning.status(chat)})")
+    elif word == "/memories":
+        store = assistant.memory(chat.user)
+        for m in store.list() if store else []:
+            print(f"  {m.id} [{m.kind}] {m.text}")
+    else:
+        print(f"unknown command {word}; /help lists them")
+    return True
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -81,57 +221,31 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _err(f"chatting as {chat.user} with the {chat.pack.name} pack. /help for commands, /exit to quit.")
     if chat.pack.disclaimer:
         _err(chat.pack.disclaimer)
-    from assistant.engine import CancelToken
-
-    while True:
-        try:
-            line = input("you> ")
-        except EOFError:
-            print()
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            if text in ("/exit", "/quit"):
+    learning = _ChatLearning(assistant)
+    try:
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                print()
                 return 0
-            if text == "/help":
-                print(CHAT_HELP)
-            elif text == "/reset":
-                chat.reset()
-                print("(new conversation)")
-            elif text == "/good":
-                chat.rate(1)
-                print("(rated +1: thanks, I'll learn from it)")
-            elif text == "/bad":
-                chat.rate(-1)
-                print("(rated -1)")
-            elif text.startswith("/correct"):
-                chat.correct(text[len("/correct"):].strip())
-                print("(correction saved: I'll learn from it)")
-            elif text == "/memories":
-                store = assistant.memory(chat.user)
-                for m in store.list() if store else []:
-                    print(f"  {m.id} [{m.kind}] {m.text}")
-            elif text.startswith("/"):
-                print(f"unknown command {text.split()[0]}; /help lists them")
-            else:
-                cancel = CancelToken()
-                reply = chat.send(text, cancel=cancel, **_gen_overrides(args))
-                sys.stdout.write("assistant> ")
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                if text.startswith("/"):
+                    if not _chat_command(text, chat, assistant, learning, args):
+                        return 0
+                    continue
+                learning.busy(True)
                 try:
-                    for chunk in reply:
-                        sys.stdout.write(chunk)
-                        sys.stdout.flush()
-                except KeyboardInterrupt:
-                    cancel.cancel()
-                    for _ in reply:  # let the turn finish its bookkeeping
-                        pass
-                    sys.stdout.write(" [cancelled]")
-                sys.stdout.write("\n")
-                _print_sources(reply)
-        except AssistantError as exc:
-            _err(f"error: {exc}")
+                    _chat_answer(chat, text, args)
+                finally:
+                    learning.busy(False)
+            except AssistantError as exc:
+                _err(f"error: {exc}")
+    finally:
+        learning.close()
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -289,6 +403,30 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """`user list`: every user with a folder, the default one starred, with what each holds."""
+    from assistant import paths
+
+    settings = _settings(args)
+    root = paths.users_dir()
+    users = sorted(p.name for p in root.iterdir() if p.is_dir() and paths._USER_RE.match(p.name)) if root.is_dir() else []
+    if not users:
+        print(f"no users yet in {root} (the first `assistant chat` or `assistant tui` creates one)")
+        return 0
+    for name in users:
+        folder = paths.user_dir(name)
+        packs = sorted(p.name for p in (folder / "adapters").iterdir() if p.is_dir()) if (folder / "adapters").is_dir() else []
+        mark = "*" if name == settings.chat.user else " "
+        print(f"{mark} {name:20} {folder}" + (f"  adapters: {', '.join(packs)}" if packs else ""))
+    print("(* the default user: chat.user, else the one last used in the TUI)")
+    return 0
+
+
+def _register_user_list(usub: Any) -> None:
+    u = usub.add_parser("list", help="list users (the default one starred)")
+    u.set_defaults(func=cmd_user_list)
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     from assistant import packs, paths
 
@@ -313,13 +451,25 @@ def cmd_pack(args: argparse.Namespace) -> int:
         return 0
     if action == "new":
         root = packs.scaffold(args.name, Path(args.dir) if args.dir else Path.cwd())
-        print(f"created {root}; check it with `assistant pack validate {root}`")
+        print(f"created {root}; check it with `{_command_name()} pack validate {root}`")
         return 0
     if action == "install":
         pack = packs.install(Path(args.path))
         print(f"installed {pack.id} into {paths.user_packs_dir() / pack.id}")
         return 0
     raise AssistantError(f"unknown pack command {action}")  # pragma: no cover
+
+
+def _command_name() -> str:
+    """How the user runs this program: `assistant` when it is on PATH, else the repo's ./run.sh."""
+    import shutil
+
+    if shutil.which("assistant"):
+        return "assistant"
+    run = Path(__file__).resolve().parent.parent / "run.sh"
+    if run.is_file():
+        return "./run.sh" if run.parent == Path.cwd() else str(run)
+    return f"{Path(sys.executable).name} -m assistant.cli"
 
 
 # ------------------------------------------------------------------------------ parser
@@ -397,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("name")
     u.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_user)
+    _register_user_list(usub)
 
     p = sub.add_parser("pack", help="list, validate, scaffold and install domain packs")
     psub = p.add_subparsers(dest="pack_cmd", metavar="ACTION", required=True)

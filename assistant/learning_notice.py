@@ -30,7 +30,7 @@ def feedback_outlook(assistant: Any, user: str, pack: str, *, background: bool =
     except Exception:  # noqa: BLE001 - a damaged store: the feedback is saved all the same
         pending = None
     need = learning.min_new_examples
-    idle = f"{learning.idle_seconds:.0f} s"
+    idle = f"{learning.idle_seconds:g} s"
     if pending is None:
         return f"saved; a learning round starts after {idle} idle once {need} new examples are gathered"
     if pending >= need:
