@@ -327,7 +327,10 @@ class AssistantApp(LearningMixin, App):
             if target is not None:
                 self._save_correction(target, rest)
             return
-        self.run_action(PROMPT_COMMANDS[command])
+        try:
+            getattr(self, f"action_{PROMPT_COMMANDS[command]}")()
+        except SkipAction:
+            pass
 
     async def _finished(self, answer: AssistantMessage, reply: Any) -> None:
         stats = reply.stats
