@@ -133,19 +133,33 @@ def _model_sizes(settings: Any) -> tuple[Path | None, float, float, bool]:
 
 
 def _calibrated(folder: Path | None) -> bool:
-    from assistant.engine import CALIBRATION_FILE, machine_id
+    """Whether calibration was measured on this CPU with this torch (any thread count): the
+    engine's exact key needs torch imported, which alone takes long on a busy machine, and this
+    is only for the estimate."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from assistant.engine import CALIBRATION_FILE
 
     if folder is None:
         return False
     try:
         known = json.loads((folder / CALIBRATION_FILE).read_text())
-    except (OSError, ValueError):
+        torch_version = version("torch")
+    except (OSError, ValueError, PackageNotFoundError):
         return False
-    return machine_id() in known
+    cpu = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return any(key.startswith(cpu + "|") and f"|torch={torch_version}|" in key for key in known)
 
 
 def plan(settings: Any) -> list[Step]:
-    """The steps this start will take, with estimates (call in a thread: it may import torch)."""
+    """The steps this start will take, with estimates (quick: no torch import)."""
     folder, gguf_mb, f32_mb, convert = _model_sizes(settings)
     slow = busy_factor()
     steps: list[Step] = []
