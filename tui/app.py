@@ -116,7 +116,7 @@ class AssistantApp(LearningMixin, App):
             self.notify(f"unknown action(s) in tui.keys: {', '.join(unknown)}", severity="warning")
         self.set_keymap({k: v for k, v in self.keymap.items() if k not in unknown})
         for warning in clashes(self.key_rows()[:len(KEYS)], multiplexer_keys()):
-            self.notify(warning, title="keys", severity="warning", timeout=15)
+            self.notify(warning, title="keys", severity="warning", timeout=40)
         self.query_one("#hints").update("\n".join(f"[b]{escape(k)}[/] {escape(d)}" for _a, k, d in self.key_rows()
                                                   if _a in _SHOWN or _a in ("packs", "copy", "new_chat")))
         learner = self.assistant.learner
@@ -348,7 +348,10 @@ class AssistantApp(LearningMixin, App):
         if reply.flags:
             parts.append("flags: " + ", ".join(reply.flags))
         if reply.memories:
-            parts.append("memories: " + " ".join(m.short_id for m in reply.memories))
+            notes = sum(1 for m in reply.memories if m.kind == "knowledge")
+            about = len(reply.memories) - notes
+            used = [f"{n} {word}{'s' if n > 1 else ''}" for n, word in ((notes, "note"), (about, "memory")) if n]
+            parts.append("used " + " and ".join(used).replace("memorys", "memories") + " (see the panel)")
         await answer.finish("[dim]" + " · ".join(parts) + "[/]" if parts else "")
         answer.turn_id, answer.memories, answer.text = reply.turn_id, list(reply.memories), reply.text
         self._last = answer
