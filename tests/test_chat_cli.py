@@ -93,7 +93,9 @@ def test_chat_marks_a_cut_answer_and_continue_continues_it(tiny_engine, monkeypa
     assert out.count("assistant> ") == 2
     turns = assistant.journal("me").turns()
     assert [t.finish_reason for t in turns] == ["length", "length"]
-    assert turns[1].message == cli.CONTINUE_PROMPT
+    from assistant.chat_cli import CONTINUE_PROMPT
+
+    assert turns[1].message == CONTINUE_PROMPT
     assert turns[1].conversation_id == turns[0].conversation_id  # the same conversation: it sees the cut answer
 
 

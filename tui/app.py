@@ -23,8 +23,10 @@ from assistant.errors import AssistantError
 from assistant.learning_notice import feedback_outlook
 from assistant.settings import remember_choice, remembered_choice
 from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
+from tui.app_loading import LoadingMixin
+from tui.app_nav import NavMixin
 from tui.keys import KEYS, OTHER_KEYS, SHOWN as _SHOWN, clashes, multiplexer_keys
-from tui.screens import ConversationsScreen, EditScreen, HelpScreen, MemoryScreen, OnboardingScreen, PackScreen
+from tui.screens import EditScreen, HelpScreen, MemoryScreen, OnboardingScreen
 from tui.widgets import (
     AssistantMessage, ChatLog, CorrectionMessage, NoteMessage, PromptInput, Sidebar, StarterQuestion, UserMessage,
     format_memories,
@@ -56,7 +58,7 @@ def write_last_choice(user: str, pack: str) -> None:
     remember_choice(user, pack)
 
 
-class AssistantApp(LearningMixin, App):
+class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
     CSS_PATH = "styles.tcss"
     TITLE = "assistant"
     BINDINGS = [
@@ -194,61 +196,6 @@ class AssistantApp(LearningMixin, App):
     def _note(self, text: str) -> None:
         if text:
             self.query_one(ChatLog).mount(NoteMessage(text))
-
-    # ------------------------------------------------------------------ model loading
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load_engine(self) -> None:
-        from tui import loading
-
-        try:
-            progress = loading.LoadProgress(loading.plan(self.settings))
-        except Exception:  # noqa: BLE001 - the plan is only for showing progress
-            progress = loading.LoadProgress([loading.Step("load", "loading the model", 0.0)])
-        progress.advance(progress.steps[0].key)
-        self._loading = progress
-        if progress.first_start:
-            self.call_from_thread(self._note, loading.intro(progress.steps))
-        try:
-            self.assistant.engine  # noqa: B018 - the property loads it
-            if self.settings.memory.enabled:
-                progress.advance("embedder")
-                from memory import embedder
-
-                embedder.get(self.settings.memory.embedder).embed(["warm up"])  # the first answer need not wait
-        except Exception as exc:  # noqa: BLE001
-            self._loading = None
-            if self.assistant.engine_loaded:  # only the embedder failed: the first answer says why
-                self.call_from_thread(self._engine_ready)
-                return
-            self.call_from_thread(self._set_status, "[red]the model failed to load[/]")
-            self.call_from_thread(self.notify, str(exc), title="model", severity="error", timeout=30)
-            return
-        seconds = time.monotonic() - progress.started
-        self._loading = None
-        if progress.first_start:
-            self.call_from_thread(self.notify, f"the model is ready (first start took {seconds:.0f} s)", title="model",
-                                  timeout=6)
-        self.call_from_thread(self._engine_ready)
-
-    def _load_message(self, message: str) -> None:
-        """Engine.load's progress (called in the load thread): the timer shows it."""
-        if self._loading is not None:
-            self._loading.on_message(message)
-
-    def _show_loading(self) -> None:
-        progress = self._loading
-        if progress is not None:
-            self._set_status(escape(progress.line()), busy=True)
-
-    def _engine_ready(self) -> None:
-        if self._loading is not None:
-            return  # the engine is there, the embedder is still loading
-        timer = getattr(self, "_loading_timer", None)
-        if timer is not None:
-            timer.stop()
-            self._loading_timer = None
-        engine = self.assistant.engine
-        self._set_status(f"ready · {escape(str(getattr(engine, 'name', 'model')))}")
 
     # ------------------------------------------------------------------ chatting
     @on(Input.Submitted, "#prompt")
@@ -423,27 +370,6 @@ class AssistantApp(LearningMixin, App):
             return
         self.send_text(CONTINUE_PROMPT, shown="(continue)")
 
-    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
-        self.deliver_screenshot(filename, path)
-
-    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
-                           time_format: str | None = None) -> str | None:
-        """Save an SVG of the screen under the data directory (Textual's default, a Downloads
-        folder, may not exist) and say where."""
-        from assistant import paths
-
-        folder = path or str(paths.home() / "screenshots")
-        try:
-            import os
-
-            os.makedirs(folder, exist_ok=True)
-            saved = self.save_screenshot(filename, folder, time_format)
-        except OSError as exc:
-            self.notify(f"could not save the screenshot: {exc}", title="screenshot", severity="error")
-            return None
-        self.notify(f"saved {saved}", title="screenshot", timeout=8)
-        return saved
-
     def _feedback_target(self) -> AssistantMessage | None:
         self._chat_screen()
         if self._generating:
@@ -546,62 +472,6 @@ class AssistantApp(LearningMixin, App):
             self.notify(str(exc), severity="error")
             return
         self.push_screen(MemoryScreen(store))
-
-    def action_packs(self) -> None:
-        self._chat_screen()
-        if self._generating:
-            return
-
-        def chosen(pack_id: str | None) -> None:
-            if pack_id and pack_id != self.chat.pack.id:
-                self._switch(pack_id=pack_id)
-
-        self.push_screen(PackScreen(self.assistant.catalog.packs, self.chat.pack.id), chosen)
-
-    def action_conversations(self) -> None:
-        self._chat_screen()
-        if self._generating:
-            return
-
-        def chosen(conv_id: str | None) -> None:
-            if conv_id and conv_id != self.chat.conversation_id:
-                conv = next((c for c in self.chat.journal.conversations() if c.id == conv_id), None)
-                if conv is not None:
-                    self._switch(pack_id=conv.pack, conversation_id=conv.id)
-
-        self.push_screen(ConversationsScreen(self.chat.journal, self.chat.conversation_id), chosen)
-
-    def conversation_deleted(self) -> None:
-        """The conversation on screen was deleted from the conversations screen."""
-        self.chat.reset()
-        self._clear_log()
-        self._note("New conversation.")
-        self._conversation_intro()
-
-    def _switch(self, pack_id: str, conversation_id: str | None = None) -> None:
-        try:
-            chat = self.assistant.chat(self.chat.user, pack_id, conversation_id=conversation_id)
-        except AssistantError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.chat = chat
-        remember_choice(chat.user, chat.pack.id)  # a restart comes back to this pack
-        self._clear_log()
-        self._show_who()
-        self.refresh_learning()
-        log = self.query_one(ChatLog)
-        if conversation_id:
-            self._conversation_intro(starters=False)
-            for turn in chat.journal.turns(conversation_id=conversation_id):
-                log.mount(UserMessage(turn.message))
-                msg = AssistantMessage(turn.reply, turn_id=turn.id)
-                log.mount(msg)
-                if turn.correction:
-                    log.mount(CorrectionMessage(turn.correction, turn.id))
-                self._last = msg
-        else:
-            self._note(f"Switched to {chat.pack.name}.")
-            self._conversation_intro()
 
 
 def make_app(settings: Any, assistant: Any = None, user: str | None = None, pack: str | None = None,

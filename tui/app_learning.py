@@ -11,7 +11,7 @@ from textual.message import Message
 
 from assistant.errors import AssistantError
 from assistant.learning_notice import explain_gate
-from tui.screens import LearningScreen, describe_event
+from tui.learning_screen import LearningScreen, describe_event
 
 
 class LearningEvent(Message):
