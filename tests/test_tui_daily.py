@@ -237,3 +237,35 @@ async def test_ctrl_c_stops_a_streaming_answer():
         await pilot.press("ctrl+c")  # nothing streaming: Textual's hint, the app keeps running
         await pilot.pause()
         assert app.is_running
+
+
+@pytest.mark.real
+async def test_real_model_cut_answer_continue_and_empty_correction_editor(real_engine):
+    from textual.widgets import TextArea
+
+    from assistant.core import Assistant
+    from assistant.settings import Settings
+    from tui.app import make_app
+    from tui.screens import EditScreen
+    from tui.widgets import AssistantMessage
+
+    settings = Settings()
+    settings.memory.enabled = False
+    settings.learning.enabled = False
+    settings.generation.temperature = 0
+    settings.generation.max_new_tokens = 16
+    app = make_app(settings, Assistant(settings, engine=real_engine), onboarding=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ask(app, pilot, "Explain step by step how to bake bread at home.")
+        first = list(app.query(AssistantMessage))[-1]
+        assert first.text.strip() and "stopped at 16 tokens" in str(first.meta.render())
+        await pilot.press("f6")
+        await wait_idle(app, pilot)
+        second = list(app.query(AssistantMessage))[-1]
+        assert second is not first and second.text.strip()
+        assert second.text.strip()[:30] != first.text.strip()[:30]  # it went on, not over again
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, EditScreen)
+        assert app.screen.query_one(TextArea).text == ""
+        assert str(app.screen.query_one("#edit-shown-text").render()) == second.text

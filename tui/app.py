@@ -225,8 +225,9 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
             self.notify("wait for the answer (or press Esc to stop it)", severity="warning")
             return
         prompt = self.query_one(PromptInput)
-        prompt.remember(text)
-        prompt.value = ""
+        if shown is None:  # "continue" leaves the prompt (and its history) as it is
+            prompt.remember(text)
+            prompt.value = ""
         log = self.query_one(ChatLog)
         user_msg = UserMessage(shown or text)
         answer = AssistantMessage()
@@ -312,7 +313,7 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
         message = str(exc) if isinstance(exc, AssistantError) else f"{type(exc).__name__}: {exc}"
         self.notify(message, title="could not answer", severity="error", timeout=10)
         prompt = self.query_one(PromptInput)
-        if not prompt.value:
+        if not prompt.value and text != CONTINUE_PROMPT:
             prompt.value = text
             prompt.cursor_position = len(text)
         self._done()
