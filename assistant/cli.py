@@ -69,72 +69,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-CHAT_HELP = """commands:
-  /good            rate the last answer +1
-  /bad             rate the last answer -1
-  /correct TEXT    give the better answer to the last question
-  /memories        show what I remember about you
-  /reset           start a new conversation
-  /exit            quit (Ctrl-D too)"""
-
-
 def cmd_chat(args: argparse.Namespace) -> int:
-    assistant = _assistant(args)
-    chat = assistant.chat(args.user, args.pack, use_memory=not args.no_memory, use_adapter=not args.no_adapter)
-    _err(f"chatting as {chat.user} with the {chat.pack.name} pack. /help for commands, /exit to quit.")
-    if chat.pack.disclaimer:
-        _err(chat.pack.disclaimer)
-    from assistant.engine import CancelToken
+    from assistant.chat_cli import run_chat  # the line chat's loop, commands and learning notices
 
-    while True:
-        try:
-            line = input("you> ")
-        except EOFError:
-            print()
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            if text in ("/exit", "/quit"):
-                return 0
-            if text == "/help":
-                print(CHAT_HELP)
-            elif text == "/reset":
-                chat.reset()
-                print("(new conversation)")
-            elif text == "/good":
-                chat.rate(1)
-                print("(rated +1: thanks, I'll learn from it)")
-            elif text == "/bad":
-                chat.rate(-1)
-                print("(rated -1)")
-            elif text.startswith("/correct"):
-                chat.correct(text[len("/correct"):].strip())
-                print("(correction saved: I'll learn from it)")
-            elif text == "/memories":
-                store = assistant.memory(chat.user)
-                for m in store.list() if store else []:
-                    print(f"  {m.id} [{m.kind}] {m.text}")
-            elif text.startswith("/"):
-                print(f"unknown command {text.split()[0]}; /help lists them")
-            else:
-                cancel = CancelToken()
-                reply = chat.send(text, cancel=cancel, **_gen_overrides(args))
-                sys.stdout.write("assistant> ")
-                try:
-                    for chunk in reply:
-                        sys.stdout.write(chunk)
-                        sys.stdout.flush()
-                except KeyboardInterrupt:
-                    cancel.cancel()
-                    for _ in reply:  # let the turn finish its bookkeeping
-                        pass
-                    sys.stdout.write(" [cancelled]")
-                sys.stdout.write("\n")
-                _print_sources(reply)
-        except AssistantError as exc:
-            _err(f"error: {exc}")
+    return run_chat(args, _assistant(args))
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -292,6 +230,30 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """`user list`: every user with a folder, the default one starred, with what each holds."""
+    from assistant import paths
+
+    settings = _settings(args)
+    root = paths.users_dir()
+    users = sorted(p.name for p in root.iterdir() if p.is_dir() and paths._USER_RE.match(p.name)) if root.is_dir() else []
+    if not users:
+        print(f"no users yet in {root} (the first `assistant chat` or `assistant tui` creates one)")
+        return 0
+    for name in users:
+        folder = paths.user_dir(name)
+        packs = sorted(p.name for p in (folder / "adapters").iterdir() if p.is_dir()) if (folder / "adapters").is_dir() else []
+        mark = "*" if name == settings.chat.user else " "
+        print(f"{mark} {name:20} {folder}" + (f"  adapters: {', '.join(packs)}" if packs else ""))
+    print("(* the default user: chat.user, else the one last used in the TUI)")
+    return 0
+
+
+def _register_user_list(usub: Any) -> None:
+    u = usub.add_parser("list", help="list users (the default one starred)")
+    u.set_defaults(func=cmd_user_list)
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     from assistant import packs, paths
 
@@ -316,13 +278,25 @@ def cmd_pack(args: argparse.Namespace) -> int:
         return 0
     if action == "new":
         root = packs.scaffold(args.name, Path(args.dir) if args.dir else Path.cwd())
-        print(f"created {root}; check it with `assistant pack validate {root}`")
+        print(f"created {root}; check it with `{_command_name()} pack validate {root}`")
         return 0
     if action == "install":
         pack = packs.install(Path(args.path))
         print(f"installed {pack.id} into {paths.user_packs_dir() / pack.id}")
         return 0
     raise AssistantError(f"unknown pack command {action}")  # pragma: no cover
+
+
+def _command_name() -> str:
+    """How the user runs this program: `assistant` when it is on PATH, else the repo's ./run.sh."""
+    import shutil
+
+    if shutil.which("assistant"):
+        return "assistant"
+    run = Path(__file__).resolve().parent.parent / "run.sh"
+    if run.is_file():
+        return "./run.sh" if run.parent == Path.cwd() else str(run)
+    return f"{Path(sys.executable).name} -m assistant.cli"
 
 
 # ------------------------------------------------------------------------------ parser
@@ -400,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("name")
     u.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_user)
+    _register_user_list(usub)
 
     p = sub.add_parser("pack", help="list, validate, scaffold and install domain packs")
     psub = p.add_subparsers(dest="pack_cmd", metavar="ACTION", required=True)

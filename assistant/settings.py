@@ -214,13 +214,60 @@ def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -
     user_set.add(f"{section}.{key}")
 
 
+# The user (and pack) last chosen in the terminal UI (its onboarding or a pack switch). The
+# user is the default ``chat.user`` of every front end while config.toml names none, so the
+# line chat, `ask` and the TUI start as the same person.
+LAST_CHOICE = "last_choice.json"
+_LEGACY_LAST_CHOICE = "tui.json"  # where the TUI kept it before
+
+
+def remembered_choice() -> dict[str, str]:
+    """``{"user": ..., "pack": ...}`` as last chosen (keys missing when unknown)."""
+    import json
+
+    for name in (LAST_CHOICE, _LEGACY_LAST_CHOICE):
+        try:
+            data = json.loads((paths.home() / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in ("user", "pack") and isinstance(v, str)}
+    return {}
+
+
+def remember_choice(user: str, pack: str) -> None:
+    """Keep ``user`` and ``pack`` as the defaults for the next start (best effort)."""
+    import json
+
+    path = paths.home() / LAST_CHOICE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"user": user, "pack": pack}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _remembered_user() -> str | None:
+    """The remembered user, if that user still exists (a deleted one falls back to the default)."""
+    user = remembered_choice().get("user")
+    if user and paths._USER_RE.match(user) and (paths.users_dir() / user).is_dir():
+        return user
+    return None
+
+
 def load(
     config_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the settings: defaults < config file < environment < ``overrides`` ("section.key")."""
+    """Build the settings: defaults < the remembered user < config file < environment <
+    ``overrides`` ("section.key")."""
     settings = Settings()
+    remembered = _remembered_user()
+    if remembered:
+        settings.chat.user = remembered
     path = config_path or paths.config_file()
     if path.exists():
         try:

@@ -6,7 +6,6 @@ reach the widgets only through ``call_from_thread``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -17,57 +16,27 @@ from textual.actions import SkipAction
 from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.widgets import Footer, Header, Input
 
 from assistant.engine import CancelToken
 from assistant.errors import AssistantError
-from tui.screens import (
-    ConversationsScreen, EditScreen, HelpScreen, LearningScreen, MemoryScreen, OnboardingScreen, PackScreen,
-    describe_event,
-)
+from assistant.learning_notice import feedback_outlook
+from assistant.settings import remember_choice, remembered_choice
+from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
+from tui.app_loading import LoadingMixin
+from tui.app_nav import NavMixin
+from tui.keys import KEYS, OTHER_KEYS, SHOWN as _SHOWN, clashes, multiplexer_keys
+from tui.screens import EditScreen, HelpScreen, MemoryScreen, OnboardingScreen
 from tui.widgets import (
     AssistantMessage, ChatLog, CorrectionMessage, NoteMessage, PromptInput, Sidebar, StarterQuestion, UserMessage,
     format_memories,
 )
 
-# (action, default key, description): ids for `settings.tui.keys` remapping.
-KEYS: list[tuple[str, str, str]] = [
-    ("cancel", "escape", "stop the answer"),
-    ("rate_up", "ctrl+g", "good answer (+1)"),
-    ("rate_down", "ctrl+b", "bad answer (-1)"),
-    ("correct", "ctrl+r", "correct the answer"),
-    ("copy", "ctrl+y", "copy the answer"),
-    ("compose", "ctrl+t", "write a multi-line message"),
-    ("new_chat", "ctrl+n", "new chat"),
-    ("help", "f1", "help"),
-    ("memories", "f2", "memories"),
-    ("conversations", "f3", "conversations"),
-    ("packs", "f4", "switch pack"),
-    ("learning", "f5", "learning and adapters"),
-    ("quit", "ctrl+q", "quit"),
-]
-OTHER_KEYS: list[tuple[str, str, str]] = [
-    ("submit", "enter", "send the message"),
-    ("history", "up / down", "previous / next message you sent"),
-    ("select", "click an answer", "show the memories it used"),
-    ("(editor)", "ctrl+s", "save in the correction / memory editor"),
-    ("(memories)", "ctrl+e, del", "edit / forget the highlighted memory"),
-    ("(conversations)", "ctrl+r, del", "rename / delete the highlighted conversation"),
-    ("(learning)", "ctrl+l", "learn from your feedback now"),
-    ("(learning)", "enter, ctrl+o", "use the highlighted adapter version (or the base model)"),
-    ("select", "click a suggestion", "put a starter question in the prompt"),
-]
-_SHOWN = {"cancel", "rate_up", "rate_down", "correct", "help", "memories", "conversations", "learning", "quit"}
-LAST_CHOICE = "tui.json"  # the name and pack chosen at onboarding, used while config.toml names neither
-
-
-class LearningEvent(Message):
-    """A learner event, posted from the learner's thread (post_message is thread-safe)."""
-
-    def __init__(self, user: str, pack: str, event: dict[str, Any], manual: bool = False) -> None:
-        super().__init__()
-        self.user, self.pack, self.event, self.manual = user, pack, event, manual
+# What "continue" sends: the answer that stopped at the token limit is in the history, so the
+# model picks up from its end.
+CONTINUE_PROMPT = "Continue your last answer exactly where it stopped, without repeating it."
+PROMPT_COMMANDS = {"/good": "rate_up", "/bad": "rate_down", "/correct": "correct", "/continue": "continue",
+                   "/help": "help", "/new": "new_chat"}
 
 
 def existing_users() -> list[str]:
@@ -80,46 +49,26 @@ def existing_users() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and paths._USER_RE.match(p.name))
 
 
-def _last_choice_file():
-    from assistant import paths
-
-    return paths.home() / LAST_CHOICE
-
-
 def read_last_choice() -> dict[str, str]:
-    try:
-        data = json.loads(_last_choice_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The user and pack last used in the TUI (kept by ``assistant.settings``)."""
+    return remembered_choice()
 
 
 def write_last_choice(user: str, pack: str) -> None:
-    path = _last_choice_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"user": user, "pack": pack}))
-    except OSError:
-        pass
+    remember_choice(user, pack)
 
 
-def round_summary(result: Any) -> dict[str, Any]:
-    """A ``RoundResult`` as the dict the learner's "done" event carries."""
-    decision = getattr(result, "decision", None)
-    return {
-        "phase": "done", "promoted": bool(getattr(result, "promoted", False)), "version": getattr(result, "version", None),
-        "live": getattr(result, "live", None),
-        "reason": decision.reason if decision is not None else getattr(result, "message", ""),
-        "gate": decision.to_json() if decision is not None else None,
-    }
-
-
-class AssistantApp(App):
+class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
     CSS_PATH = "styles.tcss"
     TITLE = "assistant"
     BINDINGS = [
         Binding(key, action, desc, id=action, show=action in _SHOWN, priority=key != "escape")
         for action, key, desc in KEYS
+    ] + [
+        # ctrl+c stops a streaming answer (as in the line chat); otherwise it falls through to the
+        # prompt's copy and Textual's "press ctrl+q to quit" hint.
+        Binding("ctrl+c", "stop", "stop the answer", show=False, priority=True),
+        Binding("ctrl+z", "suspend_process", "suspend", show=False),  # an editor's undo comes first
     ]
 
     def __init__(self, settings: Any, assistant: Any, user: str | None = None, pack: str | None = None,
@@ -149,6 +98,10 @@ class AssistantApp(App):
         self.learning_progress: dict[tuple[str, str], dict[str, Any]] = {}  # rounds in progress, by (user, pack)
         self._manual_round: tuple[str, str] | None = None
         self._quitting = threading.Event()
+        self._loading: Any = None  # a tui.loading.LoadProgress while the model loads
+        if getattr(assistant, "_progress", "absent") is None:
+            # Engine.load's messages (conversion, calibration) drive the status line.
+            assistant._progress = self._load_message
 
     # ------------------------------------------------------------------ layout
     def compose(self):
@@ -164,6 +117,8 @@ class AssistantApp(App):
         if unknown:
             self.notify(f"unknown action(s) in tui.keys: {', '.join(unknown)}", severity="warning")
         self.set_keymap({k: v for k, v in self.keymap.items() if k not in unknown})
+        for warning in clashes(self.key_rows()[:len(KEYS)], multiplexer_keys()):
+            self.notify(warning, title="keys", severity="warning", timeout=40)
         self.query_one("#hints").update("\n".join(f"[b]{escape(k)}[/] {escape(d)}" for _a, k, d in self.key_rows()
                                                   if _a in _SHOWN or _a in ("packs", "copy", "new_chat")))
         learner = self.assistant.learner
@@ -173,6 +128,7 @@ class AssistantApp(App):
             self._engine_ready()
         else:
             self._set_status("loading the model…", busy=True)
+            self._loading_timer = self.set_interval(1.0, self._show_loading, name="loading")
             self.load_engine()  # loads while the onboarding is on screen, too
         if self.chat is None:
             user, pack = self._given
@@ -198,12 +154,12 @@ class AssistantApp(App):
             self.notify(str(exc), severity="error")
             self.push_screen(OnboardingScreen(self.assistant.catalog.packs, user, pack), self._onboarded)
             return
-        write_last_choice(user, pack)
         self._chat_started()
         self.notify(f"welcome, {user}! Rate answers (+1/-1) or correct them: the assistant learns from it.",
                     title="ready", timeout=8)
 
     def _chat_started(self) -> None:
+        remember_choice(self.chat.user, self.chat.pack.id)  # the next start (TUI or CLI) is this user, this pack
         self._show_who()
         self.query_one(PromptInput).focus()
         self._conversation_intro()
@@ -241,21 +197,6 @@ class AssistantApp(App):
         if text:
             self.query_one(ChatLog).mount(NoteMessage(text))
 
-    # ------------------------------------------------------------------ model loading
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load_engine(self) -> None:
-        try:
-            self.assistant.engine  # noqa: B018 - the property loads it
-        except Exception as exc:  # noqa: BLE001
-            self.call_from_thread(self._set_status, "[red]the model failed to load[/]")
-            self.call_from_thread(self.notify, str(exc), title="model", severity="error", timeout=30)
-            return
-        self.call_from_thread(self._engine_ready)
-
-    def _engine_ready(self) -> None:
-        engine = self.assistant.engine
-        self._set_status(f"ready · {escape(str(getattr(engine, 'name', 'model')))}")
-
     # ------------------------------------------------------------------ chatting
     @on(Input.Submitted, "#prompt")
     def submitted(self, event: Input.Submitted) -> None:
@@ -271,18 +212,24 @@ class AssistantApp(App):
 
         self.push_screen(EditScreen("Write a message (several lines are fine)", prompt.value), send)
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str, shown: str | None = None) -> None:
+        """Send ``text`` (``shown`` is what the log shows for it); /commands run their action."""
         text = text.strip()
         if not text:
+            return
+        word, _, rest = text.partition(" ")
+        if word.lower() in PROMPT_COMMANDS and self.chat is not None:
+            self._prompt_command(word.lower(), rest.strip())
             return
         if self._generating:
             self.notify("wait for the answer (or press Esc to stop it)", severity="warning")
             return
         prompt = self.query_one(PromptInput)
-        prompt.remember(text)
-        prompt.value = ""
+        if shown is None:  # "continue" leaves the prompt (and its history) as it is
+            prompt.remember(text)
+            prompt.value = ""
         log = self.query_one(ChatLog)
-        user_msg = UserMessage(text)
+        user_msg = UserMessage(shown or text)
         answer = AssistantMessage()
         log.mount(user_msg)
         log.mount(answer)
@@ -317,18 +264,42 @@ class AssistantApp(App):
             return
         self.call_from_thread(self._finished, answer, reply)
 
+    def _prompt_command(self, command: str, rest: str) -> None:
+        """/good, /bad, /correct [TEXT], /continue, /help, /new typed in the prompt (the same as the
+        keys, for terminals where a key does not arrive)."""
+        prompt = self.query_one(PromptInput)
+        prompt.remember(f"{command} {rest}".strip())
+        prompt.value = ""
+        if command == "/correct" and rest:
+            target = self._feedback_target()
+            if target is not None:
+                self._save_correction(target, rest)
+            return
+        try:
+            getattr(self, f"action_{PROMPT_COMMANDS[command]}")()
+        except SkipAction:
+            pass
+
     async def _finished(self, answer: AssistantMessage, reply: Any) -> None:
         stats = reply.stats
         parts = []
         if stats.finish_reason == "cancelled":
             parts.append("[yellow]stopped[/]")
+        answer.truncated = stats.finish_reason == "length"
+        if answer.truncated:
+            key = self._key_for("continue")
+            parts.append(f"[yellow]…\\[stopped at {stats.completion_tokens} tokens — press {escape(key)} or type "
+                         "/continue to continue][/]")
         if stats.completion_tokens:
             tps = f" · {stats.decode_tps:.1f} tok/s" if stats.decode_tps else ""
             parts.append(f"{stats.completion_tokens} tokens{tps}")
         if reply.flags:
             parts.append("flags: " + ", ".join(reply.flags))
         if reply.memories:
-            parts.append("memories: " + " ".join(m.short_id for m in reply.memories))
+            notes = sum(1 for m in reply.memories if m.kind == "knowledge")
+            about = len(reply.memories) - notes
+            used = [f"{n} {word}{'s' if n > 1 else ''}" for n, word in ((notes, "note"), (about, "memory")) if n]
+            parts.append("used " + " and ".join(used).replace("memorys", "memories") + " (see the panel)")
         await answer.finish("[dim]" + " · ".join(parts) + "[/]" if parts else "")
         answer.turn_id, answer.memories, answer.text = reply.turn_id, list(reply.memories), reply.text
         self._last = answer
@@ -342,7 +313,7 @@ class AssistantApp(App):
         message = str(exc) if isinstance(exc, AssistantError) else f"{type(exc).__name__}: {exc}"
         self.notify(message, title="could not answer", severity="error", timeout=10)
         prompt = self.query_one(PromptInput)
-        if not prompt.value:
+        if not prompt.value and text != CONTINUE_PROMPT:
             prompt.value = text
             prompt.cursor_position = len(text)
         self._done()
@@ -374,12 +345,31 @@ class AssistantApp(App):
         if len(self.screen_stack) > 1 or self.chat is None:
             raise SkipAction()
 
+    def _key_for(self, action: str) -> str:
+        return next((k for a, k, _d in self.key_rows() if a == action), action)
+
     def action_cancel(self) -> None:
         self._chat_screen()
         if self._cancel is None:
             raise SkipAction()
         self._cancel.cancel()
         self.notify("stopping…", timeout=2)
+
+    def action_stop(self) -> None:
+        """ctrl+c: stop the answer while one streams; otherwise the key goes on (copy, quit hint)."""
+        if self._cancel is None or len(self.screen_stack) > 1:
+            raise SkipAction()
+        self.action_cancel()
+
+    def action_continue(self) -> None:
+        """Continue the last answer where the token limit stopped it (a new turn: "continue")."""
+        target = self._feedback_target()
+        if target is None:
+            return
+        if not getattr(target, "truncated", False):
+            self.notify("the last answer is complete (it did not stop at the token limit)", severity="warning")
+            return
+        self.send_text(CONTINUE_PROMPT, shown="(continue)")
 
     def _feedback_target(self) -> AssistantMessage | None:
         self._chat_screen()
@@ -401,8 +391,16 @@ class AssistantApp(App):
             self.notify(str(exc), severity="error")
             return
         target.add_mark("[green]👍 rated +1[/]" if rating > 0 else "[red]👎 rated -1[/]")
-        self.notify("thanks: rated " + ("+1" if rating > 0 else "-1"), timeout=2)
+        if rating > 0:
+            self.notify("rated +1, " + self._outlook(), timeout=6)
+        else:
+            self.notify(f"rated -1: a bad answer alone is not trained on; correct it ({self._key_for('correct')} "
+                        "or /correct TEXT) to teach the right one", timeout=6)
         self.refresh_learning()
+
+    def _outlook(self) -> str:
+        return feedback_outlook(self.assistant, self.chat.user, self.chat.pack.id,
+                                background=self.assistant.learner.notify in self.assistant.listeners)
 
     def action_rate_up(self) -> None:
         self._rate(1)
@@ -416,19 +414,25 @@ class AssistantApp(App):
             return
 
         def save(text: str | None) -> None:
-            if not text:
-                return
-            try:
-                self.chat.correct(text, target.turn_id)
-            except AssistantError as exc:
-                self.notify(str(exc), severity="error")
-                return
-            self.query_one(ChatLog).mount(CorrectionMessage(text, target.turn_id), after=target)
-            target.add_mark("[cyan]corrected[/]")
-            self.notify("correction saved: it will be learned from", timeout=3)
-            self.refresh_learning()
+            if text:
+                self._save_correction(target, text)
 
-        self.push_screen(EditScreen("Correct this answer", target.text), save)
+        # The editor starts empty: the better answer is written from scratch, with the bad one
+        # shown read-only above it (pre-filling it invited small edits of a wrong answer).
+        self.push_screen(EditScreen("Write the answer it should have given", "", shown=target.text,
+                                    shown_title="The answer you are correcting (read-only):",
+                                    placeholder="Type the correct answer here"), save)
+
+    def _save_correction(self, target: AssistantMessage, text: str) -> None:
+        try:
+            self.chat.correct(text, target.turn_id)
+        except AssistantError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.query_one(ChatLog).mount(CorrectionMessage(text, target.turn_id), after=target)
+        target.add_mark("[cyan]corrected[/]")
+        self.notify("correction " + self._outlook(), timeout=6)
+        self.refresh_learning()
 
     def action_copy(self) -> None:
         target = self._feedback_target()
@@ -470,150 +474,6 @@ class AssistantApp(App):
             return
         self.push_screen(MemoryScreen(store))
 
-    def action_packs(self) -> None:
-        self._chat_screen()
-        if self._generating:
-            return
-
-        def chosen(pack_id: str | None) -> None:
-            if pack_id and pack_id != self.chat.pack.id:
-                self._switch(pack_id=pack_id)
-
-        self.push_screen(PackScreen(self.assistant.catalog.packs, self.chat.pack.id), chosen)
-
-    def action_conversations(self) -> None:
-        self._chat_screen()
-        if self._generating:
-            return
-
-        def chosen(conv_id: str | None) -> None:
-            if conv_id and conv_id != self.chat.conversation_id:
-                conv = next((c for c in self.chat.journal.conversations() if c.id == conv_id), None)
-                if conv is not None:
-                    self._switch(pack_id=conv.pack, conversation_id=conv.id)
-
-        self.push_screen(ConversationsScreen(self.chat.journal, self.chat.conversation_id), chosen)
-
-    def conversation_deleted(self) -> None:
-        """The conversation on screen was deleted from the conversations screen."""
-        self.chat.reset()
-        self._clear_log()
-        self._note("New conversation.")
-        self._conversation_intro()
-
-    def _switch(self, pack_id: str, conversation_id: str | None = None) -> None:
-        try:
-            chat = self.assistant.chat(self.chat.user, pack_id, conversation_id=conversation_id)
-        except AssistantError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.chat = chat
-        self._clear_log()
-        self._show_who()
-        self.refresh_learning()
-        log = self.query_one(ChatLog)
-        if conversation_id:
-            self._conversation_intro(starters=False)
-            for turn in chat.journal.turns(conversation_id=conversation_id):
-                log.mount(UserMessage(turn.message))
-                msg = AssistantMessage(turn.reply, turn_id=turn.id)
-                log.mount(msg)
-                if turn.correction:
-                    log.mount(CorrectionMessage(turn.correction, turn.id))
-                self._last = msg
-        else:
-            self._note(f"Switched to {chat.pack.name}.")
-            self._conversation_intro()
-
-    # ------------------------------------------------------------------ learning
-    def action_learning(self) -> None:
-        self._chat_screen()
-        self.push_screen(LearningScreen(self.assistant, self.chat.user, self.chat.pack.id))
-
-    def _learning_listener(self, user: str, pack: str, event: Any) -> None:
-        """Registered with the learner: called from its thread, so it only posts a message."""
-        self.post_message(LearningEvent(user, pack, dict(event)))
-
-    def on_learning_event(self, message: LearningEvent) -> None:
-        key = (message.user, message.pack)
-        event = message.event
-        phase = event.get("phase")
-        if phase in ("done", "failed"):
-            if key == self._manual_round and not message.manual:
-                return  # "learn now" reports its own result (its worker posts it next)
-            if message.manual:
-                self._manual_round = None
-            self.learning_progress.pop(key, None)
-            self._round_finished(message.user, message.pack, event)
-        else:
-            self.learning_progress[key] = event
-        for screen in self.screen_stack:
-            if isinstance(screen, LearningScreen) and (screen.user, screen.pack) == key:
-                screen.apply_event(event)
-        self.refresh_learning()
-
-    def _round_finished(self, user: str, pack: str, event: dict[str, Any]) -> None:
-        where = "" if self.chat is not None and (user, pack) == (self.chat.user, self.chat.pack.id) else f" ({user}/{pack})"
-        if event.get("phase") == "failed":
-            self.notify(f"the learning round failed{where}: {event.get('error')}", title="learning", severity="error",
-                        timeout=10)
-        elif event.get("promoted"):
-            self.notify(f"learned from your feedback{where}: adapter {event.get('version')} is now live",
-                        title="learning", timeout=8)
-        elif event.get("gate"):
-            self.notify(f"the new adapter was rejected{where}, the live one stays: {event.get('reason')}",
-                        title="learning", severity="warning", timeout=10)
-        else:
-            self.notify(f"no learning round{where}: {event.get('reason')}", title="learning", severity="warning",
-                        timeout=8)
-
-    def refresh_learning(self) -> None:
-        """The sidebar's learning line: pending examples, the live adapter, a round in progress."""
-        if self.chat is None:
-            return
-        key = (self.chat.user, self.chat.pack.id)
-        box = self.query_one("#learning")
-        running = self.learning_progress.get(key)
-        if running:
-            box.update(escape(describe_event(running)))
-            return
-        try:
-            status = self.assistant.learner.status(*key)
-        except Exception as exc:  # noqa: BLE001 - e.g. a damaged adapter store
-            box.update(f"[red]{escape(str(exc))}[/]")
-            return
-        need = self.settings.learning.min_new_examples
-        live = f"adapter [b]{escape(status.live)}[/]" if status.live else "base model"
-        box.update(f"{status.pending}/{need} new examples · {live}")
-
-    def learn_now(self, user: str, pack: str) -> None:
-        """Run a learning round now, in a thread worker (the UI never waits for it)."""
-        if self._manual_round is not None or (user, pack) in getattr(self.assistant.learner, "_running", {}):
-            self.notify("a learning round is already running", severity="warning")
-            return
-        self._manual_round = (user, pack)
-        self.post_message(LearningEvent(user, pack, {"phase": "starting"}))
-        self.learn_worker(user, pack)
-
-    @work(thread=True, exclusive=True, group="learn", exit_on_error=False)
-    def learn_worker(self, user: str, pack: str) -> None:
-        learner = self.assistant.learner
-        lock = getattr(learner, "_lock", None)
-        if lock is not None and not lock.acquire(blocking=False):
-            self.post_message(LearningEvent(user, pack, {"phase": "failed", "error": "a learning round is already running"},
-                                            manual=True))
-            return
-        try:
-            result = learner.run_round(user, pack, should_stop=self._quitting.is_set)
-            event = round_summary(result)
-        except Exception as exc:  # noqa: BLE001 - every failure is shown, none kills the app
-            error = str(exc) if isinstance(exc, AssistantError) else f"{type(exc).__name__}: {exc}"
-            event = {"phase": "failed", "error": error}
-        finally:
-            if lock is not None:
-                lock.release()
-        self.post_message(LearningEvent(user, pack, event, manual=True))
-
 
 def make_app(settings: Any, assistant: Any = None, user: str | None = None, pack: str | None = None,
              onboarding: bool | None = None) -> AssistantApp:
@@ -629,9 +489,12 @@ def make_app(settings: Any, assistant: Any = None, user: str | None = None, pack
         assistant = Assistant(settings)
     from assistant.settings import ChatSettings
 
-    last = read_last_choice()
+    # The user and pack last used here, while config.toml (or a flag) names neither. The user
+    # is also every other command's default (assistant.settings.load applies it).
+    last = remembered_choice()
     if user is None and settings.chat.user == ChatSettings.user and last.get("user") in existing_users():
         user = last["user"]
-    if pack is None and settings.chat.pack == ChatSettings.pack and last.get("pack") in assistant.catalog.packs:
+    if (pack is None and settings.chat.pack == ChatSettings.pack and last.get("pack") in assistant.catalog.packs
+            and last.get("user") == (user or settings.chat.user)):
         pack = last["pack"]
     return AssistantApp(settings, assistant, user=user, pack=pack, onboarding=onboarding)

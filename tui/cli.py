@@ -20,7 +20,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("tui", help="the terminal chat app (the default with no command)")
-    p.add_argument("--user", help="whose memory and adapter apply (default: chat.user in config)")
+    p.add_argument("--user", help="whose memory and adapter apply (default: chat.user in config, else the user last used in the TUI)")
     p.add_argument("--pack", help="domain pack (default: chat.pack in config)")
     p.add_argument("--model", help="model: 'default', a model folder or a .gguf file (overrides model.name)")
     p.set_defaults(func=cmd_tui)

@@ -35,6 +35,7 @@ class AssistantMessage(Vertical):
         self.text = text
         self.turn_id = turn_id
         self.memories = list(memories)
+        self.truncated = False  # it stopped at the token limit ("continue" picks it up)
         self.markdown = Markdown(text)
         self.meta = Static("", classes="meta")
         self.stream: Any = None
@@ -138,13 +139,28 @@ class PromptInput(Input):
 
 
 def format_memories(memories: Sequence[Any]) -> str:
+    """The sidebar's "Memories used": the pack notes (file > heading) and what it remembered
+    about the user that the answer used (``reply.memories``)."""
     if not memories:
         return "[dim]none[/]"
+    notes = [m for m in memories if getattr(m, "kind", "") == "knowledge"]
+    about = [m for m in memories if getattr(m, "kind", "") != "knowledge"]
     lines = []
-    for m in memories:
-        cite = f" [dim]({escape(m.citation)})[/]" if getattr(m, "citation", "") else ""
-        lines.append(f"[b]\\[{escape(m.short_id)}][/] [i]{escape(m.kind)}[/]{cite}: {escape(m.text[:160])}")
+    if notes:
+        lines.append("[b]Notes[/]")
+        for m in notes:
+            cite = getattr(m, "citation", "") or "pack knowledge"
+            lines.append(f"• [b]{escape(cite)}[/]\n  [dim]{escape(_snippet(m.text, 90))}[/]")
+    if about:
+        lines.append("[b]About you[/]")
+        for m in about:
+            lines.append(f"• {escape(_snippet(m.text, 160))} [dim]({escape(m.kind)})[/]")
     return "\n".join(lines)
+
+
+def _snippet(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class Sidebar(Vertical):
