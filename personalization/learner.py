@@ -195,47 +195,8 @@ class Learner:
                 model, engine.tokenizer, engine.render, examples, train_settings, on_progress=report,
                 should_pause=lambda: getattr(engine, "generating", False), should_stop=should_stop,
             )
-            gate_t0 = time.perf_counter()
-            parts = ["live side", "candidate", "answers"]
-
-            def gating(done: int) -> None:
-                spent = time.perf_counter() - gate_t0
-                report(trainer_mod.Progress(len(examples), done, len(parts), result.final_loss, spent,
-                                            phase=f"evaluating ({parts[min(done, len(parts) - 1)]})"))
-
-            gating(0)
-            evals, guard, sets = self._gate_sets(pack)
-            near = gate_mod.near_examples(data.train, pack.eval_probes(), pack.system_prompt())
-            # The live side's eval loss and guard perplexity do not depend on the user's data:
-            # reuse them from the live version's meta.json, or from the base model's cache.
-            known = self._known_general(engine, pack_id, source, sets)
-            # The held-out answer match (greedy answers on both sides) is only measured when the
-            # held-out loss alone does not already show the improvement the gate asks for.
-            live_model = self._live_model(engine, source) if source else None
-            scorer = live_model if live_model is not None else model
-
-            def live_side() -> Any:  # the live weights: its own merged copy, or the base under the candidate
-                return gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()
-
-            with live_side():
-                live_scores = gate_mod.score(scorer, engine.tokenizer, engine.render, data.heldout, evals, guard,
-                                             engine.eos_ids, known, match=False, near=near)
-            if source is None:
-                self._base_general[(engine.name, pack_id, sets)] = (live_scores.eval_loss, live_scores.guard_ppl,
-                                                                    live_scores.eval_pass)
-            gating(1)
-            with gate_mod.merged(model):  # scored after the live side, which may use the same base weights
-                cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids,
-                                      match=False, near=near)
-                gating(2)
-                if not gate_mod.loss_improved(live_scores, cand):
-                    cand.user_match = gate_mod.answer_match(model, engine.tokenizer, engine.render, data.heldout,
-                                                            engine.eos_ids)
-            if cand.user_match == cand.user_match:  # measured: the live side too, for the comparison
-                with live_side():
-                    live_scores.user_match = gate_mod.answer_match(scorer, engine.tokenizer, engine.render,
-                                                                   data.heldout, engine.eos_ids)
-            decision = gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate)
+            gating = self._gating(report, len(examples), result.final_loss)
+            decision, sets = self._judge(engine, pack, data, model, source, gating)
             version = None
             if decision.promote:
                 self._running[key] = {"phase": "saving"}
@@ -258,6 +219,55 @@ class Learner:
         finally:
             self._running.pop(key, None)
             store.clean_staging()
+
+    @staticmethod
+    def _gating(report: Callable[[trainer_mod.Progress], None], examples: int, loss: float) -> Callable[[int], None]:
+        """Progress through the gate's parts, in the same shape as training's."""
+        t0 = time.perf_counter()
+        parts = ["live side", "candidate", "answers"]
+
+        def gating(done: int) -> None:
+            report(trainer_mod.Progress(examples, done, len(parts), loss, time.perf_counter() - t0,
+                                        phase=f"evaluating ({parts[min(done, len(parts) - 1)]})"))
+        return gating
+
+    def _judge(self, engine: Any, pack: Any, data: Any, model: Any, source: Any,
+               gating: Callable[[int], None]) -> tuple[gate_mod.Decision, str]:
+        """Score the live side and the candidate and apply the gate's rule."""
+        pack_id = pack.id
+        gating(0)
+        evals, guard, sets = self._gate_sets(pack)
+        near = gate_mod.near_examples(data.train, pack.eval_probes(), pack.system_prompt())
+        # The live side's eval loss and guard perplexity do not depend on the user's data:
+        # reuse them from the live version's meta.json, or from the base model's cache.
+        known = self._known_general(engine, pack_id, source, sets)
+        # The held-out answer match (greedy answers on both sides) is only measured when the
+        # held-out loss alone does not already show the improvement the gate asks for.
+        live_model = self._live_model(engine, source) if source else None
+        scorer = live_model if live_model is not None else model
+
+        def live_side() -> Any:  # the live weights: its own merged copy, or the base under the candidate
+            return gate_mod.merged(live_model) if live_model is not None else model.disable_adapter()
+
+        with live_side():
+            live_scores = gate_mod.score(scorer, engine.tokenizer, engine.render, data.heldout, evals, guard,
+                                         engine.eos_ids, known, match=False, near=near)
+        if source is None:
+            self._base_general[(engine.name, pack_id, sets)] = (live_scores.eval_loss, live_scores.guard_ppl,
+                                                                live_scores.eval_pass)
+        gating(1)
+        with gate_mod.merged(model):  # scored after the live side, which may use the same base weights
+            cand = gate_mod.score(model, engine.tokenizer, engine.render, data.heldout, evals, guard, engine.eos_ids,
+                                  match=False, near=near)
+            gating(2)
+            if not gate_mod.loss_improved(live_scores, cand):
+                cand.user_match = gate_mod.answer_match(model, engine.tokenizer, engine.render, data.heldout,
+                                                        engine.eos_ids)
+        if cand.user_match == cand.user_match:  # measured: the live side too, for the comparison
+            with live_side():
+                live_scores.user_match = gate_mod.answer_match(scorer, engine.tokenizer, engine.render,
+                                                               data.heldout, engine.eos_ids)
+        return gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate), sets
 
     def _base_model(self, engine: Any) -> Any:
         """A float32 copy of the base weights (the engine's may hold a merged adapter)."""

@@ -241,7 +241,7 @@ def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_token
         env.update(PA_TEST_PAUSE_BEFORE_PUBLISH="60", PA_TEST_PAUSE_BEFORE_PUBLISH_MARKER=str(marker))
     proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "learn", "--user", "ann", "--pack", "general"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 480
     if moment == "saving":
         while not marker.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
