@@ -121,7 +121,11 @@ class Engine:
         prefill_dtype: str = "float32",
         decode_dtype: str = "float32",
         context_tokens: int = 2048,
+        fast_decode: bool = True,
+        quantized: dict[str, Any] | None = None,
     ) -> None:
+        """``fast_decode``: decode int8 with the hand-written step where the architecture allows;
+        ``quantized``: its int8 weights as ``Decoder.state()`` gave them (the disk cache)."""
         import torch
 
         self.name = name
@@ -136,20 +140,16 @@ class Engine:
                              "use float32, bfloat16 or auto")
         model.eval()
         self._models[prefill_dtype] = model.to(_dtype(prefill_dtype))
-        if decode_dtype == "int8":
-            from assistant import int8
-
-            if not int8.available():
-                raise ModelError("this torch build has no int8 weight matmul for the CPU: "
-                                 "set model.decode_dtype to float32, bfloat16 or auto")
-            quantized = copy.deepcopy(model).to(_dtype("int8"))
-            self._int8_layers = int8.quantize(quantized)
-            self._models["int8"] = quantized
-        elif decode_dtype != prefill_dtype:
-            self._models[decode_dtype] = copy.deepcopy(model).to(_dtype(decode_dtype))
         self.config = model.config
         max_pos = getattr(model.config, "max_position_embeddings", None) or context_tokens
         self.context_tokens = min(context_tokens, int(max_pos))
+        self._decoder = None  # the hand-written int8 decode step (assistant/decode.py), if it fits
+        self._kv = None  # its preallocated KV buffer, reused by every reply
+        self.decode_path = "transformers"
+        if decode_dtype == "int8":
+            self._setup_int8(model, fast_decode, quantized)
+        elif decode_dtype != prefill_dtype:
+            self._models[decode_dtype] = copy.deepcopy(model).to(_dtype(decode_dtype))
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = FALLBACK_TEMPLATE
         self.eos_ids = self._end_of_turn_ids(model)
@@ -162,6 +162,25 @@ class Engine:
         # conversation shares at least the system prompt with it, so that part is not prefilled
         # again. Valid for one adapter state only.
         self._shared = KVSession()
+
+    def _setup_int8(self, model: Any, fast_decode: bool, quantized: dict[str, Any] | None) -> None:
+        from assistant import decode, int8
+
+        if not int8.available():
+            raise ModelError("this torch build has no int8 weight matmul for the CPU: "
+                             "set model.decode_dtype to float32, bfloat16 or auto")
+        why_not = decode.unsupported(model.config) if fast_decode else "fast decode switched off"
+        self.decode_path = "int8 step" if why_not is None else f"transformers int8 ({why_not})"
+        if why_not is None:
+            # The decode step reads the prefill model's embedding and quantizes its linears:
+            # no second copy of the model, only the int8 weights.
+            self._decoder = decode.Decoder(model, self.context_tokens, quantized=quantized)
+            self._int8_layers = self._decoder.layers
+            self._kv = self._decoder.new_kv()
+            return
+        quantized_model = copy.deepcopy(model).to(_dtype("int8"))
+        self._int8_layers = int8.quantize(quantized_model)
+        self._models["int8"] = quantized_model
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -269,46 +288,63 @@ class Engine:
             session.ids = list(ids)
             if fresh:
                 self._shared = KVSession(list(ids), _copy_cache(cache, len(ids), self.config), self.adapter_id)
-            if self.decode_dtype != self.prefill_dtype:
+            fast = self._decoder is not None
+            if self.decode_dtype != self.prefill_dtype and not fast:
                 _cast_cache(cache, _dtype(self.decode_dtype))
             decoder = _Detokenizer(self.tokenizer, params.stop)
             produced: list[int] = []
             stats.finish_reason = "length"
             t_first = None
-            while True:
-                if cancel is not None and cancel.cancelled:
-                    stats.finish_reason = "cancelled"
-                    break
-                if params.repetition_penalty != 1.0:
-                    recent = (ids + produced)[-params.penalty_window :]
-                    logits = _penalize(logits, recent, params.repetition_penalty)
-                token = _sample(logits, params, generator)
-                if t_first is None:
-                    t_first = time.perf_counter()
-                    stats.ttft_s = t_first - t0
-                if token in self.eos_ids:
-                    stats.finish_reason = "stop"
-                    break
-                produced.append(token)
-                stats.completion_tokens = len(produced)
-                text, hit_stop = decoder.push(token)
-                if text:
-                    yield text
-                if hit_stop:
-                    stats.finish_reason = "stop"
-                    break
-                if len(produced) >= budget:
-                    break
-                if cancel is not None and cancel.cancelled:
-                    stats.finish_reason = "cancelled"
-                    break
-                logits = self._forward(self.decode_dtype, [token], cache)
-                session.ids.append(token)
+            kv = None  # the fast path's KV buffer once decoding started
+            try:
+                while True:
+                    if cancel is not None and cancel.cancelled:
+                        stats.finish_reason = "cancelled"
+                        break
+                    token = self._pick(logits, ids + produced, params, generator)
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                        stats.ttft_s = t_first - t0
+                    if token in self.eos_ids:
+                        stats.finish_reason = "stop"
+                        break
+                    produced.append(token)
+                    stats.completion_tokens = len(produced)
+                    text, hit_stop = decoder.push(token)
+                    if text:
+                        yield text
+                    if hit_stop:
+                        stats.finish_reason = "stop"
+                        break
+                    if len(produced) >= budget:
+                        break
+                    if cancel is not None and cancel.cancelled:
+                        stats.finish_reason = "cancelled"
+                        break
+                    if fast:
+                        if kv is None:
+                            kv = self._kv
+                            kv.load(cache, len(session.ids), len(ids) + budget)
+                        logits = self._decoder.step(token, kv)
+                    else:
+                        logits = self._forward(self.decode_dtype, [token], cache)
+                    session.ids.append(token)
+            finally:
+                if kv is not None:  # the conversation keeps the decoded tokens' KV too
+                    session.cache = kv.to_cache(self.config, _dtype(self.prefill_dtype))
+                    session.ids = session.ids[: kv.length]
             tail = decoder.flush()
             if tail:
                 yield tail
             if t_first is not None:
                 stats.decode_s = time.perf_counter() - t_first
+
+    @staticmethod
+    def _pick(logits: Any, context: list[int], params: GenParams, generator: Any) -> int:
+        """The one sampling step: penalties, then (a constraint mask could go here) sampling."""
+        if params.repetition_penalty != 1.0:
+            logits = _penalize(logits, context[-params.penalty_window :], params.repetition_penalty)
+        return _sample(logits, params, generator)
 
     def clear_shared_prefix(self) -> None:
         """Forget the shared prompt prefix: the next new conversation prefills from scratch
@@ -413,13 +449,14 @@ class Engine:
             self._shared = KVSession()
 
     def _load_weight(self, name: str, weight: Any) -> None:
-        """Put a float32 ``weight`` into parameter ``name`` of every copy of the model."""
+        """Put a float32 ``weight`` into parameter ``name`` of every copy of the model (the int8
+        decode weights are re-quantized from it)."""
         for dtype_name, model in self._models.items():
-            if dtype_name == "int8":
-                self._int8_layers[name].load_float(weight)
-            else:
+            if dtype_name != "int8":
                 param = dict(model.named_parameters())[name]
                 param.data.copy_(weight.to(param.dtype))
+        if name in self._int8_layers:
+            self._int8_layers[name].load_float(weight)
 
 
 class _Detokenizer:
