@@ -10,22 +10,26 @@ memory-bound) and differs per machine: see ``calibrate``.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from assistant.calibration import (  # noqa: F401  (re-exported: cli imports them from here)
+    CALIBRATION_FILE,
+    cached_calibration,
+    calibrate,
+    machine_id,
+    read_quantized,
+    write_quantized,
+)
 from assistant.errors import Cancelled, ModelError, PromptError
 
 FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
@@ -193,12 +197,18 @@ class Engine:
         resolved = model_store.resolve(settings.model.name, say)
         say(f"loading {resolved.name}")
         t0 = time.perf_counter()
-        model, tokenizer = model_store.load_folder(resolved.folder)
         prefill, decode = settings.model.prefill_dtype, settings.model.decode_dtype
+        known = cached_calibration(resolved.folder) if "auto" in (prefill, decode) else None
+        if known is not None:
+            prefill = known["prefill"] if prefill == "auto" else prefill
+            decode = known["decode"] if decode == "auto" else decode
+        # Load straight in the prefill dtype when it is known (no float32 copy on the way).
+        model, tokenizer = model_store.load_folder(resolved.folder, prefill if prefill != "auto" else "float32")
         if "auto" in (prefill, decode):
             best = calibrate(model, resolved.folder, say)
             prefill = best["prefill"] if prefill == "auto" else prefill
             decode = best["decode"] if decode == "auto" else decode
+        quantized = read_quantized(resolved.folder) if decode == "int8" else None
         engine = cls(
             model,
             tokenizer,
@@ -206,11 +216,14 @@ class Engine:
             prefill_dtype=prefill,
             decode_dtype=decode,
             context_tokens=settings.model.context_tokens,
+            quantized=quantized,
         )
+        if engine._decoder is not None and quantized is None:
+            write_quantized(resolved.folder, engine._decoder.state())
         engine.load_seconds = time.perf_counter() - t0
         engine.convert_seconds = resolved.seconds
         engine.folder = resolved.folder
-        say(f"ready: prefill {prefill}, decode {decode}")
+        say(f"ready: prefill {prefill}, decode {decode} ({engine.decode_path})")
         return engine
 
     def _end_of_turn_ids(self, model: Any) -> set[int]:
@@ -570,85 +583,6 @@ def set_threads(threads: int) -> None:
     n = threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-
-
-def machine_id() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{cpu}|threads={torch.get_num_threads()}|torch={torch.__version__}|dtypes=2"
-
-
-def calibrate(model: Any, folder: Path, say: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
-    """Measure prefill and decode speed in float32 and bfloat16 (and decode with int8 weights,
-    where torch has the kernel) on this machine, once.
-
-    The result is cached in the model folder, keyed by CPU, thread count and torch version.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    cache_file = folder / CALIBRATION_FILE
-    key = machine_id()
-    known: dict[str, Any] = {}
-    if cache_file.is_file():
-        try:
-            known = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            known = {}
-    if key in known and not force:
-        return known[key]
-    if say:
-        say("measuring prefill and decode speed per dtype on this machine (once)")
-    timings: dict[str, dict[str, float]] = {}
-    ids = torch.randint(10, min(int(model.config.vocab_size), 30000), (1, 256))
-    from assistant import int8
-
-    names = ("float32", "bfloat16", "int8") if int8.available() else ("float32", "bfloat16")
-    with torch.inference_mode():
-        for name in names:
-            m = model if name == "float32" else copy.deepcopy(model).to(torch.bfloat16)
-            if name == "int8":
-                int8.quantize(m)
-            best_p, best_d = float("inf"), float("inf")
-            for _ in range(2):
-                cache = DynamicCache(config=model.config)
-                t = time.perf_counter()
-                out = m(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-                if name != "int8":  # int8 weights are for decoding only
-                    best_p = min(best_p, time.perf_counter() - t)
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                t = time.perf_counter()
-                for _ in range(8):
-                    out = m(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1)
-                    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                best_d = min(best_d, (time.perf_counter() - t) / 8)
-            timings[name] = {"decode_token_s": round(best_d, 5)}
-            if best_p < float("inf"):
-                timings[name]["prefill_256_s"] = round(best_p, 4)
-            if m is not model:
-                del m
-    result = {
-        "prefill": min((n for n in timings if "prefill_256_s" in timings[n]), key=lambda n: timings[n]["prefill_256_s"]),
-        "decode": min(timings, key=lambda n: timings[n]["decode_token_s"]),
-        "timings": timings,
-        "measured_at": time.time(),
-    }
-    known[key] = result
-    tmp = cache_file.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(known, indent=2))
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a read-only model folder: measure again next time
-    return result
 
 
 __all__ = ["Engine", "GenParams", "GenStats", "Generation", "KVSession", "CancelToken", "Cancelled", "calibrate"]

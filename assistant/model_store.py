@@ -153,16 +153,24 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_folder(folder: Path):
-    """Load (model, tokenizer) in float32 from a Hugging Face folder."""
+def load_folder(folder: Path, dtype: str = "float32"):
+    """Load (model, tokenizer) from a Hugging Face folder, weights in ``dtype``.
+
+    A single-file safetensors folder is read directly (an empty model built on the meta device,
+    the file's tensors assigned to it): several times faster than ``from_pretrained``, which
+    stays the fallback for anything else (sharded weights, remote code, unknown buffers).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        model = _load_direct(folder, torch_dtype)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     except Exception as exc:
         raise ModelError(
             f"cannot load the model in {folder}: {type(exc).__name__}: {exc}. "
@@ -170,3 +178,48 @@ def load_folder(folder: Path):
         ) from exc
     model.eval()
     return model, tokenizer
+
+
+def _load_direct(folder: Path, dtype) -> object | None:
+    """The model of a one-file safetensors folder, or None when that is not safe to do here."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    config = AutoConfig.from_pretrained(str(folder))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {}
+    with safe_open(str(weights), framework="pt") as fh:  # one tensor at a time: no full float32 copy
+        for key in fh.keys():
+            t = fh.get_tensor(key)
+            state[key] = t.to(dtype) if t.is_floating_point() else t
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        return None
+    if tied:
+        model.lm_head.weight = model.get_input_embeddings().weight
+    # Non-persistent buffers (rotary frequencies) are not in the file: rebuild the modules that
+    # hold them from the config, on the CPU.
+    for name, module in list(model.named_modules()):
+        own = list(module.named_buffers(recurse=False))
+        if own and any(b.is_meta for _, b in own):
+            if list(module.parameters(recurse=False)):
+                return None
+            try:
+                fresh = type(module)(config)
+            except Exception:
+                return None
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, fresh)
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        return None
+    if (folder / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model

@@ -103,3 +103,62 @@ def test_adapter_merge_reaches_the_fused_weights_and_removal_is_exact(tiny_token
     fast.set_adapter(None, None)
     assert torch.equal(wqkv, before)
     assert fast.stream(ids, params).collect() == base_text
+
+
+def test_second_start_reads_the_quantized_weights_from_disk_and_decodes_the_same(tmp_path, tiny_tokenizer, home, monkeypatch):
+    from assistant import calibration, int8
+    from assistant import settings as settings_mod
+
+    folder = tmp_path / "tiny"
+    make_tiny_model(tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    s = settings_mod.load(env={}, overrides={"model.name": str(folder), "model.prefill_dtype": "bfloat16",
+                                             "model.decode_dtype": "int8"})
+    first = Engine.load(s)
+    assert (folder / calibration.QUANTIZED_FILE).is_file()
+    quantized = []
+    real_linear = int8.linear
+
+    def spy(weight, bias=None, dtype=None, stored=None):
+        quantized.append(stored is None)
+        return real_linear(weight, bias, dtype, stored)
+
+    monkeypatch.setattr(int8, "linear", spy)
+    second = Engine.load(s)
+    assert quantized and not any(quantized)  # every layer came from the cache
+    ids = first.render(MSGS)
+    params = GenParams(temperature=0, max_new_tokens=16)
+    assert first.stream(ids, params).collect() == second.stream(ids, params).collect()
+    # new weights (another stamp): the cache is not used
+    (folder / "model.safetensors").touch()
+    import os
+    st = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", (st.st_atime, st.st_mtime + 10))
+    quantized.clear()
+    Engine.load(s)
+    assert quantized and all(quantized)
+
+
+def test_calibration_measured_under_load_is_measured_again_when_quiet(tmp_path, tiny_tokenizer, home, monkeypatch):
+    from assistant import calibration
+    from assistant import settings as settings_mod
+
+    folder = tmp_path / "tiny"
+    make_tiny_model(tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    s = settings_mod.load(env={}, overrides={"model.name": str(folder)})
+    monkeypatch.setattr(calibration, "load_per_cpu", lambda: 3.0)
+    said = []
+    Engine.load(s, said.append)
+    assert any("busy" in m for m in said) and any("calibration 1/" in m for m in said)
+    assert calibration.cached_calibration(folder) is not None  # still busy: the result stands
+    monkeypatch.setattr(calibration, "load_per_cpu", lambda: 0.2)
+    assert calibration.cached_calibration(folder) is None  # quiet now: measure again
+    said.clear()
+    Engine.load(s, said.append)
+    assert any("calibration 1/" in m for m in said)
+    (entry,) = __import__("json").loads((folder / calibration.CALIBRATION_FILE).read_text()).values()
+    assert entry["load_per_cpu"] == 0.2
+    said.clear()
+    Engine.load(s, said.append)
+    assert not any("calibration" in m for m in said)  # quiet result: kept
