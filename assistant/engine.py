@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from assistant.calibration import (  # noqa: F401  (re-exported: cli imports them from here)
@@ -30,6 +31,32 @@ FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# Gemma's turn format: "user" and "model" turns, each closed by <end_of_turn>; Gemma has no system
+# role, so a system message opens the first user turn, separated by a blank line.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = ns.system + m['content'] + '\n\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def template_for(tokenizer: Any, name: str = "the model") -> str:
+    """A chat template for a tokenizer that ships none, chosen by the turn markers its vocabulary
+    has; a clear error when there is no known format to use."""
+    vocab = tokenizer.get_vocab()
+    if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab:
+        return GEMMA_TEMPLATE
+    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
+        return FALLBACK_TEMPLATE
+    raise ModelError(
+        f"{name} has no chat template and no turn markers this program knows: set `model.chat_template` in "
+        "config.toml to a Jinja chat template file for it (or add chat_template.jinja to the model folder)"
+    )
 
 
 @dataclass
@@ -155,7 +182,7 @@ class Engine:
         elif decode_dtype != prefill_dtype:
             self._models[decode_dtype] = copy.deepcopy(model).to(_dtype(decode_dtype))
         if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = FALLBACK_TEMPLATE
+            tokenizer.chat_template = template_for(tokenizer, name)
         self.eos_ids = self._end_of_turn_ids(model)
         self._torch = torch
         # The adapter merged into the weights (None: the base model); see set_adapter.
@@ -196,6 +223,7 @@ class Engine:
         set_threads(settings.model.threads)
         resolved = model_store.resolve(settings.model.name, say)
         say(f"loading {resolved.name}")
+        template = getattr(settings.model, "chat_template", "")
         t0 = time.perf_counter()
         prefill, decode = settings.model.prefill_dtype, settings.model.decode_dtype
         known = cached_calibration(resolved.folder) if "auto" in (prefill, decode) else None
@@ -208,6 +236,11 @@ class Engine:
             best = calibrate(model, resolved.folder, say)
             prefill = best["prefill"] if prefill == "auto" else prefill
             decode = best["decode"] if decode == "auto" else decode
+        if template:
+            path = Path(template).expanduser()
+            if not path.is_file():
+                raise ModelError(f"model.chat_template: {path} is not a file; give a Jinja chat template file or leave it empty")
+            tokenizer.chat_template = path.read_text()
         quantized = read_quantized(resolved.folder) if decode == "int8" else None
         engine = cls(
             model,
