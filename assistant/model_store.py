@@ -90,7 +90,7 @@ def _ensure_converted(gguf: Path, model_id: str, say: Progress) -> ResolvedModel
         return ResolvedModel(model_id, target, False, 0.0)
     say(f"converting {gguf.name} to a safetensors model in {target} (once)")
     t0 = time.perf_counter()
-    convert_gguf(gguf, target)
+    convert_gguf(gguf, target, say)
     seconds = time.perf_counter() - t0
     say(f"converted in {seconds:.1f} s")
     return ResolvedModel(model_id, target, True, seconds)
@@ -109,8 +109,9 @@ def _check_gguf_header(gguf: Path) -> None:
         )
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
+def convert_gguf(gguf: Path, target: Path, say: Progress | None = None) -> None:
     """Dequantize ``gguf`` into a float32 safetensors folder at ``target``, atomically."""
+    say = say or (lambda _msg: None)
     _check_gguf_header(gguf)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,8 +119,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 
     hf_logging.disable_progress_bar()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader draws its own progress bar
+    size_mb = gguf.stat().st_size / 1e6
     try:
+        say(f"conversion 1/3: reading the tokenizer from {gguf.name}")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        say(f"conversion 2/3: dequantizing {size_mb:.0f} MB of weights to float32")
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many kinds here; all mean "unusable file"
         raise ModelError(
@@ -141,6 +145,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        say("conversion 3/3: writing the safetensors folder")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(
