@@ -185,10 +185,39 @@ def load_folder(folder: Path, dtype: str = "float32"):
     return model, tokenizer
 
 
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+              "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _read_tensors(path: Path, dtype) -> dict[str, object]:
+    """A safetensors file's tensors, floating ones cast to ``dtype``, read with plain reads one
+    tensor at a time: no memory map, so the float32 file never counts in this process's RSS."""
+    import torch
+
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        base = 8 + size
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            kind = getattr(torch, _ST_DTYPES[info["dtype"]])
+            if end == begin:
+                out[name] = torch.empty(info["shape"], dtype=kind)
+                continue
+            buf = bytearray(end - begin)
+            fh.seek(base + begin)
+            fh.readinto(buf)
+            t = torch.frombuffer(buf, dtype=kind).reshape(info["shape"])  # shares ``buf``
+            out[name] = t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
+    return out
+
+
 def _load_direct(folder: Path, dtype) -> object | None:
     """The model of a one-file safetensors folder, or None when that is not safe to do here."""
     import torch
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     weights = folder / "model.safetensors"
@@ -197,11 +226,7 @@ def _load_direct(folder: Path, dtype) -> object | None:
     config = AutoConfig.from_pretrained(str(folder))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = {}
-    with safe_open(str(weights), framework="pt") as fh:  # one tensor at a time: no full float32 copy
-        for key in fh.keys():
-            t = fh.get_tensor(key)
-            state[key] = t.to(dtype) if t.is_floating_point() else t
+    state = _read_tensors(weights, dtype)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
