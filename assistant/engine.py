@@ -27,6 +27,12 @@ from assistant.calibration import (  # noqa: F401  (re-exported: cli imports the
 )
 from assistant.errors import Cancelled, ModelError, PromptError
 
+# OpenMP threads that spin while waiting lose badly when the cores are shared (a small int8 matmul
+# went from 0.14 ms to several ms with 2 spinning threads on a busy 2-core machine; see
+# docs/speed.md). libgomp reads this once, when torch is first imported, so it only takes effect
+# when this module is imported before torch; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

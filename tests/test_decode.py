@@ -162,3 +162,26 @@ def test_calibration_measured_under_load_is_measured_again_when_quiet(tmp_path, 
     said.clear()
     Engine.load(s, said.append)
     assert not any("calibration" in m for m in said)  # quiet result: kept
+
+
+@pytest.mark.real
+def test_real_model_decodes_with_the_fast_step_and_starts_from_the_caches(real_models_dir, home):
+    import resource
+    import time
+
+    from assistant import calibration
+    from assistant import settings as settings_mod
+
+    s = settings_mod.load(env={}, overrides={"model.prefill_dtype": "bfloat16", "model.decode_dtype": "int8"})
+    Engine.load(s)  # writes the int8 cache if it is missing
+    folder = home / "models" / "smollm2-135m-instruct"
+    assert (folder / calibration.QUANTIZED_FILE).is_file()
+    t = time.perf_counter()
+    engine = Engine.load(s)
+    load_s = time.perf_counter() - t
+    assert engine.decode_path == "int8 step"
+    ids = engine.render([{"role": "user", "content": "What is the capital of France?"}])
+    gen = engine.stream(ids, GenParams(temperature=0, max_new_tokens=24))
+    assert "Paris" in gen.collect()
+    print(f"warm load {load_s:.2f} s, decode {gen.stats.decode_tps:.1f} tok/s, "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
