@@ -10,22 +10,59 @@ memory-bound) and differs per machine: see ``calibrate``.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from assistant.calibration import (  # noqa: F401  (re-exported: cli imports them from here)
+    CALIBRATION_FILE,
+    cached_calibration,
+    calibrate,
+    machine_id,
+    read_quantized,
+    write_quantized,
+)
 from assistant.errors import Cancelled, ModelError, PromptError
+
+# OpenMP threads that spin while waiting lose badly when the cores are shared (a small int8 matmul
+# went from 0.14 ms to several ms with 2 spinning threads on a busy 2-core machine; see
+# docs/speed.md). libgomp reads this once, when torch is first imported, so it only takes effect
+# when this module is imported before torch; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CALIBRATION_FILE = "calibration.json"
+
+
+# Gemma's turn format: "user" and "model" turns, each closed by <end_of_turn>; Gemma has no system
+# role, so a system message opens the first user turn, separated by a blank line.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = ns.system + m['content'] + '\n\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def template_for(tokenizer: Any, name: str = "the model") -> str:
+    """A chat template for a tokenizer that ships none, chosen by the turn markers its vocabulary
+    has; a clear error when there is no known format to use."""
+    vocab = tokenizer.get_vocab()
+    if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab:
+        return GEMMA_TEMPLATE
+    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
+        return FALLBACK_TEMPLATE
+    raise ModelError(
+        f"{name} has no chat template and no turn markers this program knows: set `model.chat_template` in "
+        "config.toml to a Jinja chat template file for it (or add chat_template.jinja to the model folder)"
+    )
 
 
 @dataclass
@@ -121,7 +158,11 @@ class Engine:
         prefill_dtype: str = "float32",
         decode_dtype: str = "float32",
         context_tokens: int = 2048,
+        fast_decode: bool = True,
+        quantized: dict[str, Any] | None = None,
     ) -> None:
+        """``fast_decode``: decode int8 with the hand-written step where the architecture allows;
+        ``quantized``: its int8 weights as ``Decoder.state()`` gave them (the disk cache)."""
         import torch
 
         self.name = name
@@ -136,22 +177,18 @@ class Engine:
                              "use float32, bfloat16 or auto")
         model.eval()
         self._models[prefill_dtype] = model.to(_dtype(prefill_dtype))
-        if decode_dtype == "int8":
-            from assistant import int8
-
-            if not int8.available():
-                raise ModelError("this torch build has no int8 weight matmul for the CPU: "
-                                 "set model.decode_dtype to float32, bfloat16 or auto")
-            quantized = copy.deepcopy(model).to(_dtype("int8"))
-            self._int8_layers = int8.quantize(quantized)
-            self._models["int8"] = quantized
-        elif decode_dtype != prefill_dtype:
-            self._models[decode_dtype] = copy.deepcopy(model).to(_dtype(decode_dtype))
         self.config = model.config
         max_pos = getattr(model.config, "max_position_embeddings", None) or context_tokens
         self.context_tokens = min(context_tokens, int(max_pos))
+        self._decoder = None  # the hand-written int8 decode step (assistant/decode.py), if it fits
+        self._kv = None  # its preallocated KV buffer, reused by every reply
+        self.decode_path = "transformers"
+        if decode_dtype == "int8":
+            self._setup_int8(model, fast_decode, quantized)
+        elif decode_dtype != prefill_dtype:
+            self._models[decode_dtype] = copy.deepcopy(model).to(_dtype(decode_dtype))
         if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = FALLBACK_TEMPLATE
+            tokenizer.chat_template = template_for(tokenizer, name)
         self.eos_ids = self._end_of_turn_ids(model)
         self._torch = torch
         # The adapter merged into the weights (None: the base model); see set_adapter.
@@ -163,6 +200,25 @@ class Engine:
         # again. Valid for one adapter state only.
         self._shared = KVSession()
 
+    def _setup_int8(self, model: Any, fast_decode: bool, quantized: dict[str, Any] | None) -> None:
+        from assistant import decode, int8
+
+        if not int8.available():
+            raise ModelError("this torch build has no int8 weight matmul for the CPU: "
+                             "set model.decode_dtype to float32, bfloat16 or auto")
+        why_not = decode.unsupported(model.config) if fast_decode else "fast decode switched off"
+        self.decode_path = "int8 step" if why_not is None else f"transformers int8 ({why_not})"
+        if why_not is None:
+            # The decode step reads the prefill model's embedding and quantizes its linears:
+            # no second copy of the model, only the int8 weights.
+            self._decoder = decode.Decoder(model, self.context_tokens, quantized=quantized)
+            self._int8_layers = self._decoder.layers
+            self._kv = self._decoder.new_kv()
+            return
+        quantized_model = copy.deepcopy(model).to(_dtype("int8"))
+        self._int8_layers = int8.quantize(quantized_model)
+        self._models["int8"] = quantized_model
+
     # ----------------------------------------------------------------- construction
     @classmethod
     def load(cls, settings: Any, progress: Callable[[str], None] | None = None) -> "Engine":
@@ -173,13 +229,25 @@ class Engine:
         set_threads(settings.model.threads)
         resolved = model_store.resolve(settings.model.name, say)
         say(f"loading {resolved.name}")
+        template = getattr(settings.model, "chat_template", "")
         t0 = time.perf_counter()
-        model, tokenizer = model_store.load_folder(resolved.folder)
         prefill, decode = settings.model.prefill_dtype, settings.model.decode_dtype
+        known = cached_calibration(resolved.folder) if "auto" in (prefill, decode) else None
+        if known is not None:
+            prefill = known["prefill"] if prefill == "auto" else prefill
+            decode = known["decode"] if decode == "auto" else decode
+        # Load straight in the prefill dtype when it is known (no float32 copy on the way).
+        model, tokenizer = model_store.load_folder(resolved.folder, prefill if prefill != "auto" else "float32")
         if "auto" in (prefill, decode):
             best = calibrate(model, resolved.folder, say)
             prefill = best["prefill"] if prefill == "auto" else prefill
             decode = best["decode"] if decode == "auto" else decode
+        if template:
+            path = Path(template).expanduser()
+            if not path.is_file():
+                raise ModelError(f"model.chat_template: {path} is not a file; give a Jinja chat template file or leave it empty")
+            tokenizer.chat_template = path.read_text()
+        quantized = read_quantized(resolved.folder) if decode == "int8" else None
         engine = cls(
             model,
             tokenizer,
@@ -187,11 +255,14 @@ class Engine:
             prefill_dtype=prefill,
             decode_dtype=decode,
             context_tokens=settings.model.context_tokens,
+            quantized=quantized,
         )
+        if engine._decoder is not None and quantized is None:
+            write_quantized(resolved.folder, engine._decoder.state())
         engine.load_seconds = time.perf_counter() - t0
         engine.convert_seconds = resolved.seconds
         engine.folder = resolved.folder
-        say(f"ready: prefill {prefill}, decode {decode}")
+        say(f"ready: prefill {prefill}, decode {decode} ({engine.decode_path})")
         return engine
 
     def _end_of_turn_ids(self, model: Any) -> set[int]:
@@ -269,46 +340,63 @@ class Engine:
             session.ids = list(ids)
             if fresh:
                 self._shared = KVSession(list(ids), _copy_cache(cache, len(ids), self.config), self.adapter_id)
-            if self.decode_dtype != self.prefill_dtype:
+            fast = self._decoder is not None
+            if self.decode_dtype != self.prefill_dtype and not fast:
                 _cast_cache(cache, _dtype(self.decode_dtype))
             decoder = _Detokenizer(self.tokenizer, params.stop)
             produced: list[int] = []
             stats.finish_reason = "length"
             t_first = None
-            while True:
-                if cancel is not None and cancel.cancelled:
-                    stats.finish_reason = "cancelled"
-                    break
-                if params.repetition_penalty != 1.0:
-                    recent = (ids + produced)[-params.penalty_window :]
-                    logits = _penalize(logits, recent, params.repetition_penalty)
-                token = _sample(logits, params, generator)
-                if t_first is None:
-                    t_first = time.perf_counter()
-                    stats.ttft_s = t_first - t0
-                if token in self.eos_ids:
-                    stats.finish_reason = "stop"
-                    break
-                produced.append(token)
-                stats.completion_tokens = len(produced)
-                text, hit_stop = decoder.push(token)
-                if text:
-                    yield text
-                if hit_stop:
-                    stats.finish_reason = "stop"
-                    break
-                if len(produced) >= budget:
-                    break
-                if cancel is not None and cancel.cancelled:
-                    stats.finish_reason = "cancelled"
-                    break
-                logits = self._forward(self.decode_dtype, [token], cache)
-                session.ids.append(token)
+            kv = None  # the fast path's KV buffer once decoding started
+            try:
+                while True:
+                    if cancel is not None and cancel.cancelled:
+                        stats.finish_reason = "cancelled"
+                        break
+                    token = self._pick(logits, ids + produced, params, generator)
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                        stats.ttft_s = t_first - t0
+                    if token in self.eos_ids:
+                        stats.finish_reason = "stop"
+                        break
+                    produced.append(token)
+                    stats.completion_tokens = len(produced)
+                    text, hit_stop = decoder.push(token)
+                    if text:
+                        yield text
+                    if hit_stop:
+                        stats.finish_reason = "stop"
+                        break
+                    if len(produced) >= budget:
+                        break
+                    if cancel is not None and cancel.cancelled:
+                        stats.finish_reason = "cancelled"
+                        break
+                    if fast:
+                        if kv is None:
+                            kv = self._kv
+                            kv.load(cache, len(session.ids), len(ids) + budget)
+                        logits = self._decoder.step(token, kv)
+                    else:
+                        logits = self._forward(self.decode_dtype, [token], cache)
+                    session.ids.append(token)
+            finally:
+                if kv is not None:  # the conversation keeps the decoded tokens' KV too
+                    session.cache = kv.to_cache(self.config, _dtype(self.prefill_dtype))
+                    session.ids = session.ids[: kv.length]
             tail = decoder.flush()
             if tail:
                 yield tail
             if t_first is not None:
                 stats.decode_s = time.perf_counter() - t_first
+
+    @staticmethod
+    def _pick(logits: Any, context: list[int], params: GenParams, generator: Any) -> int:
+        """The one sampling step: penalties, then (a constraint mask could go here) sampling."""
+        if params.repetition_penalty != 1.0:
+            logits = _penalize(logits, context[-params.penalty_window :], params.repetition_penalty)
+        return _sample(logits, params, generator)
 
     def clear_shared_prefix(self) -> None:
         """Forget the shared prompt prefix: the next new conversation prefills from scratch
@@ -413,13 +501,14 @@ class Engine:
             self._shared = KVSession()
 
     def _load_weight(self, name: str, weight: Any) -> None:
-        """Put a float32 ``weight`` into parameter ``name`` of every copy of the model."""
+        """Put a float32 ``weight`` into parameter ``name`` of every copy of the model (the int8
+        decode weights are re-quantized from it)."""
         for dtype_name, model in self._models.items():
-            if dtype_name == "int8":
-                self._int8_layers[name].load_float(weight)
-            else:
+            if dtype_name != "int8":
                 param = dict(model.named_parameters())[name]
                 param.data.copy_(weight.to(param.dtype))
+        if name in self._int8_layers:
+            self._int8_layers[name].load_float(weight)
 
 
 class _Detokenizer:
@@ -533,85 +622,6 @@ def set_threads(threads: int) -> None:
     n = threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-
-
-def machine_id() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{cpu}|threads={torch.get_num_threads()}|torch={torch.__version__}|dtypes=2"
-
-
-def calibrate(model: Any, folder: Path, say: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
-    """Measure prefill and decode speed in float32 and bfloat16 (and decode with int8 weights,
-    where torch has the kernel) on this machine, once.
-
-    The result is cached in the model folder, keyed by CPU, thread count and torch version.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    cache_file = folder / CALIBRATION_FILE
-    key = machine_id()
-    known: dict[str, Any] = {}
-    if cache_file.is_file():
-        try:
-            known = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            known = {}
-    if key in known and not force:
-        return known[key]
-    if say:
-        say("measuring prefill and decode speed per dtype on this machine (once)")
-    timings: dict[str, dict[str, float]] = {}
-    ids = torch.randint(10, min(int(model.config.vocab_size), 30000), (1, 256))
-    from assistant import int8
-
-    names = ("float32", "bfloat16", "int8") if int8.available() else ("float32", "bfloat16")
-    with torch.inference_mode():
-        for name in names:
-            m = model if name == "float32" else copy.deepcopy(model).to(torch.bfloat16)
-            if name == "int8":
-                int8.quantize(m)
-            best_p, best_d = float("inf"), float("inf")
-            for _ in range(2):
-                cache = DynamicCache(config=model.config)
-                t = time.perf_counter()
-                out = m(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-                if name != "int8":  # int8 weights are for decoding only
-                    best_p = min(best_p, time.perf_counter() - t)
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                t = time.perf_counter()
-                for _ in range(8):
-                    out = m(input_ids=nxt, cache=cache, use_cache=True, logits_to_keep=1)
-                    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                best_d = min(best_d, (time.perf_counter() - t) / 8)
-            timings[name] = {"decode_token_s": round(best_d, 5)}
-            if best_p < float("inf"):
-                timings[name]["prefill_256_s"] = round(best_p, 4)
-            if m is not model:
-                del m
-    result = {
-        "prefill": min((n for n in timings if "prefill_256_s" in timings[n]), key=lambda n: timings[n]["prefill_256_s"]),
-        "decode": min(timings, key=lambda n: timings[n]["decode_token_s"]),
-        "timings": timings,
-        "measured_at": time.time(),
-    }
-    known[key] = result
-    tmp = cache_file.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(known, indent=2))
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a read-only model folder: measure again next time
-    return result
 
 
 __all__ = ["Engine", "GenParams", "GenStats", "Generation", "KVSession", "CancelToken", "Cancelled", "calibrate"]

@@ -90,7 +90,7 @@ def _ensure_converted(gguf: Path, model_id: str, say: Progress) -> ResolvedModel
         return ResolvedModel(model_id, target, False, 0.0)
     say(f"converting {gguf.name} to a safetensors model in {target} (once)")
     t0 = time.perf_counter()
-    convert_gguf(gguf, target)
+    convert_gguf(gguf, target, say)
     seconds = time.perf_counter() - t0
     say(f"converted in {seconds:.1f} s")
     return ResolvedModel(model_id, target, True, seconds)
@@ -109,8 +109,9 @@ def _check_gguf_header(gguf: Path) -> None:
         )
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
+def convert_gguf(gguf: Path, target: Path, say: Progress | None = None) -> None:
     """Dequantize ``gguf`` into a float32 safetensors folder at ``target``, atomically."""
+    say = say or (lambda _msg: None)
     _check_gguf_header(gguf)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,8 +119,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 
     hf_logging.disable_progress_bar()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader draws its own progress bar
+    size_mb = gguf.stat().st_size / 1e6
     try:
+        say(f"conversion 1/3: reading the tokenizer from {gguf.name}")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        say(f"conversion 2/3: dequantizing {size_mb:.0f} MB of weights to float32")
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many kinds here; all mean "unusable file"
         raise ModelError(
@@ -141,6 +145,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        say("conversion 3/3: writing the safetensors folder")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(
@@ -153,16 +158,24 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_folder(folder: Path):
-    """Load (model, tokenizer) in float32 from a Hugging Face folder."""
+def load_folder(folder: Path, dtype: str = "float32"):
+    """Load (model, tokenizer) from a Hugging Face folder, weights in ``dtype``.
+
+    A single-file safetensors folder is read directly (an empty model built on the meta device,
+    the file's tensors assigned to it): several times faster than ``from_pretrained``, which
+    stays the fallback for anything else (sharded weights, remote code, unknown buffers).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        model = _load_direct(folder, torch_dtype)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     except Exception as exc:
         raise ModelError(
             f"cannot load the model in {folder}: {type(exc).__name__}: {exc}. "
@@ -170,3 +183,73 @@ def load_folder(folder: Path):
         ) from exc
     model.eval()
     return model, tokenizer
+
+
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+              "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _read_tensors(path: Path, dtype) -> dict[str, object]:
+    """A safetensors file's tensors, floating ones cast to ``dtype``, read with plain reads one
+    tensor at a time: no memory map, so the float32 file never counts in this process's RSS."""
+    import torch
+
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        base = 8 + size
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            kind = getattr(torch, _ST_DTYPES[info["dtype"]])
+            if end == begin:
+                out[name] = torch.empty(info["shape"], dtype=kind)
+                continue
+            buf = bytearray(end - begin)
+            fh.seek(base + begin)
+            fh.readinto(buf)
+            t = torch.frombuffer(buf, dtype=kind).reshape(info["shape"])  # shares ``buf``
+            out[name] = t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
+    return out
+
+
+def _load_direct(folder: Path, dtype) -> object | None:
+    """The model of a one-file safetensors folder, or None when that is not safe to do here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    config = AutoConfig.from_pretrained(str(folder))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = _read_tensors(weights, dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        return None
+    if tied:
+        model.lm_head.weight = model.get_input_embeddings().weight
+    # Non-persistent buffers (rotary frequencies) are not in the file: rebuild the modules that
+    # hold them from the config, on the CPU.
+    for name, module in list(model.named_modules()):
+        own = list(module.named_buffers(recurse=False))
+        if own and any(b.is_meta for _, b in own):
+            if list(module.parameters(recurse=False)):
+                return None
+            try:
+                fresh = type(module)(config)
+            except Exception:
+                return None
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, fresh)
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        return None
+    if (folder / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model

@@ -32,6 +32,9 @@ class ModelSettings:
     decode_dtype: str = "auto"
     context_tokens: int = 2048
     threads: int = 0  # 0: all cores
+    # A Jinja chat template file for a model that ships none ("": the model's own, else one chosen
+    # by the turn markers in its vocabulary, e.g. Gemma's).
+    chat_template: str = ""
 
 
 @dataclass

@@ -26,6 +26,18 @@ META = "meta.json"
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
+# The config fields that decide whether an adapter's weights fit a model (its shapes and layout).
+_SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size")
+
+
+def base_fingerprint(model: Any) -> str:
+    """A short hash of the model config fields an adapter depends on (recorded at publish)."""
+    import hashlib
+
+    config = model.config.to_dict() if hasattr(model, "config") else dict(model)
+    picked = {k: config.get(k) for k in _SHAPE_KEYS}
+    return hashlib.sha1(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,12 +98,17 @@ class AdapterStore:
         for p in self.root.glob(".staging-*") if self.root.is_dir() else []:
             shutil.rmtree(p, ignore_errors=True)
 
-    def publish(self, staged: Path, meta: dict[str, Any], make_current: bool = True) -> str:
-        """Give ``staged`` the next version name, then (optionally) point CURRENT at it."""
+    def publish(self, staged: Path, meta: dict[str, Any], make_current: bool = True, base: Any = None) -> str:
+        """Give ``staged`` the next version name, then (optionally) point CURRENT at it.
+
+        ``base``: the model it was trained on; its config hash goes into meta.json as
+        ``base_config`` so the adapter is never applied to another model (``misfit``)."""
         existing = self.versions()
         number = int(existing[-1][1:]) + 1 if existing else 1
         version = f"v{number:04d}"
         meta = dict(meta, version=version)
+        if base is not None:
+            meta["base_config"] = base_fingerprint(base)
         (staged / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
         for f in staged.iterdir():
             with open(f, "rb") as fh:
@@ -149,8 +166,35 @@ class AdapterStore:
                 scored.append((loss, v))
         return min(scored)[1] if scored else None
 
-    def deltas(self, version: str, model: Any) -> dict[str, Any]:
-        """The weight deltas (B @ A * alpha / r) of a version, keyed by the base parameter name."""
+    def misfit(self, version: str, model: Any) -> str | None:
+        """Why ``version`` must not be applied to ``model`` (None: it fits). Checks the recorded
+        base config hash, and for adapters without one the weight shapes."""
+        try:
+            meta = self.meta(version)
+        except (AdapterError, ValueError):
+            meta = {}
+        recorded = meta.get("base_config")
+        here = base_fingerprint(model)
+        trained_on = meta.get("base_model") or "another model"
+        fix = (f"it is not used. Retrain it for this model with `assistant learn --user {self.user} --pack {self.pack}`, "
+               "or switch model.name back")
+        if recorded is not None:
+            if recorded != here:
+                return f"adapter {self.user}/{self.pack}/{version} was trained on {trained_on} (config {recorded}), not on this model (config {here}): {fix}"
+            return None
+        shapes = _adapter_shapes(self.root / version)
+        params = dict(model.named_parameters())
+        for name, (rows, cols) in shapes.items():
+            p = params.get(name)
+            if p is None or (rows is not None and p.shape[0] != rows) or (cols is not None and p.shape[1] != cols):
+                return f"adapter {self.user}/{self.pack}/{version} does not fit this model ({name}): {fix}"
+        return None
+
+    def deltas(self, version: str, model: Any) -> dict[str, Any] | None:
+        """The weight deltas (B @ A * alpha / r) of a version, keyed by the base parameter name;
+        None when it was trained on another model (``misfit`` says why)."""
+        if self.misfit(version, model) is not None:
+            return None
         return lora_deltas(self.root / version, {n for n, _ in model.named_parameters()})
 
 
@@ -159,13 +203,40 @@ def pack_store(pack: str) -> AdapterStore:
     return AdapterStore("_pack", pack, root=paths.home() / "pack-adapters" / pack)
 
 
-def live_for(user: str, pack: str) -> tuple[AdapterStore, str] | None:
-    """The adapter that applies to ``user`` in ``pack``: their own, else the pack's, else none."""
+def live_for(user: str, pack: str, model: Any = None, reasons: list[str] | None = None) -> tuple[AdapterStore, str] | None:
+    """The adapter that applies to ``user`` in ``pack``: their own, else the pack's, else none.
+
+    With ``model``, an adapter trained on another model is skipped and the reason (a notice for
+    the user) is appended to ``reasons``."""
     for store in (AdapterStore(user, pack), pack_store(pack)):
         current = store.current()
-        if current is not None:
+        if current is None:
+            continue
+        why = store.misfit(current, model) if model is not None else None
+        if why is None:
             return store, current
+        if reasons is not None:
+            reasons.append(why)
     return None
+
+
+def _adapter_shapes(folder: Path) -> dict[str, tuple[int | None, int | None]]:
+    """Base parameter name -> (rows, columns) the adapter's B and A imply, from the file header."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS), framework="pt") as fh:
+            keys = list(fh.keys())
+            shapes = {k: fh.get_slice(k).get_shape() for k in keys}
+    except Exception:
+        return {}
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for key, shape in shapes.items():
+        if ".lora_A." in key:
+            module = key.split(".lora_A.")[0].replace("base_model.model.", "", 1)
+            b = shapes.get(key.replace(".lora_A.", ".lora_B."))
+            out[module + ".weight"] = (b[0] if b else None, shape[1])
+    return out
 
 
 def lora_deltas(folder: Path, param_names: set[str]) -> dict[str, Any]:

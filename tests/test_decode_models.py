@@ -1,0 +1,85 @@
+"""Any model, safely: adapters tied to their base model; chat templates for models without one."""
+
+import json
+
+import pytest
+
+from assistant import settings as settings_mod
+from assistant.engine import GEMMA_TEMPLATE, Engine, template_for
+from assistant.errors import ModelError
+from personalization import trainer
+from personalization.adapters import AdapterStore, live_for
+from tests.conftest import make_tiny_model
+
+
+def _publish(store, model, base=None):
+    s = settings_mod.load(env={}).learning
+    staged = store.staging_dir()
+    trainer.create(model, s).save_pretrained(str(staged))
+    return store.publish(staged, {"base_model": "tiny-llama"}, base=base)
+
+
+def test_adapter_records_its_base_and_is_never_applied_to_another_model(home, tiny_tokenizer):
+    model = make_tiny_model(tiny_tokenizer)
+    store = AdapterStore("ann", "general")
+    version = _publish(store, make_tiny_model(tiny_tokenizer), base=model)
+    assert "base_config" in json.loads((store.path(version) / "meta.json").read_text())
+    found = live_for("ann", "general", model)
+    assert found is not None and found[0].user == "ann" and found[1] == version
+    assert store.deltas(version, model) is not None  # the same model: deltas as before
+    other = make_tiny_model(tiny_tokenizer, "qwen2")  # another model (another config hash)
+    reasons: list[str] = []
+    assert live_for("ann", "general", other, reasons) is None
+    assert "trained on tiny-llama" in reasons[0] and "assistant learn --user ann --pack general" in reasons[0]
+    assert store.deltas(version, other) is None
+
+
+def test_an_adapter_without_a_recorded_base_is_checked_by_its_shapes(home, tiny_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    store = AdapterStore("bob", "general")
+    version = _publish(store, make_tiny_model(tiny_tokenizer))  # published the old way: no base_config
+    assert store.misfit(version, make_tiny_model(tiny_tokenizer)) is None
+    torch.manual_seed(0)
+    wider = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=96, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    why = store.misfit(version, wider)
+    assert why is not None and "does not fit" in why
+    reasons: list[str] = []
+    assert live_for("bob", "general", wider, reasons) is None and reasons
+
+
+def test_gemma_turn_format_without_a_shipped_template():
+    from jinja2 import Template
+
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+    text = Template(GEMMA_TEMPLATE).render(messages=msgs, bos_token="<bos>", add_generation_prompt=True)
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+                    "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_a_tokenizer_with_no_template_and_no_known_markers_is_a_clear_error(tiny_tokenizer):
+    class Bare:
+        def get_vocab(self):
+            return {"a": 0, "b": 1}
+
+    with pytest.raises(ModelError, match="model.chat_template"):
+        template_for(Bare(), "gemma-3-270m")
+    assert "im_start" in template_for(tiny_tokenizer)
+
+
+def test_model_chat_template_setting_is_used(tmp_path, tiny_tokenizer, home):
+    folder = tmp_path / "tiny"
+    make_tiny_model(tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    s = settings_mod.load(env={}, overrides={"model.name": str(folder), "model.chat_template": str(tpl),
+                                             "model.prefill_dtype": "float32", "model.decode_dtype": "float32"})
+    engine = Engine.load(s)
+    assert engine.tokenizer.decode(engine.render([{"role": "user", "content": "hi"}])) == "[user] hi\n"
+    s.model.chat_template = str(tmp_path / "missing.jinja")
+    with pytest.raises(ModelError, match="not a file"):
+        Engine.load(s)
