@@ -43,6 +43,8 @@ def _gen_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_sources(reply: Any) -> None:
     """What the answer used, as the TUI's panel shows it: notes by file and heading, memories by text."""
+    for notice in getattr(reply, "notices", ()):
+        _err(f"[notice] {notice}")
     if reply.sources:
         _err("\n[sources]")
         for i, s in enumerate(reply.sources, 1):

@@ -163,6 +163,7 @@ class Reply:
     # "notes" (led by the pack's notes); numbers withheld by the check; the prompt as sent.
     grounding: str = ""
     withheld: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # things the user should know (a skipped adapter)
     prompt: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -323,12 +324,16 @@ class Chat:
 
         wanted = None
         deltas = None
-        found = live_for(self.user, self.pack.id) if self.use_adapter else None
+        reasons: list[str] = []
+        found = live_for(self.user, self.pack.id, engine.model, reasons) if self.use_adapter else None
+        reply.notices += reasons  # an adapter trained on another base model is skipped, and the user told
         if found is not None:
             store, current = found
             wanted = f"{store.user}/{self.pack.id}/{current}"
             if engine.adapter_id != wanted:
                 deltas = store.deltas(current, engine.model)
+                if deltas is None:
+                    wanted = None
         if engine.adapter_id != wanted:
             engine.set_adapter(wanted, deltas)
         reply.adapter = wanted

@@ -207,7 +207,7 @@ class Learner:
                 meta = self._meta(engine, data, result, decision, parent)
                 meta["gate_sets"] = sets
                 meta["sources"] = data.sources()  # the turn ids and memory ids this version trained on
-                version = store.publish(staged, meta)
+                version = store.publish(staged, meta, base=engine.model)
                 live = version
                 keep = self.settings.keep_versions
                 if keep > 0:
