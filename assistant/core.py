@@ -200,11 +200,13 @@ class Chat:
         self.last_turn_id = None
         self.conversation_id = self.journal.new_conversation(self.pack.id).id
 
-    def send(self, message: str, cancel: CancelToken | None = None, scripted_reply: str | None = None, **overrides: Any) -> Reply:
+    def send(self, message: str, cancel: CancelToken | None = None, scripted_reply: str | None = None,
+             constraint: Any = None, **overrides: Any) -> Reply:
         """Answer ``message``. The reply streams when iterated; the turn is journalled at its end.
 
         ``scripted_reply`` records a turn with a given answer instead of generating one (the
-        benchmark replays scripted users this way).
+        benchmark replays scripted users this way). ``constraint`` (``assistant.grammar``: JSON,
+        JSON Schema, tool calls) is passed to the engine's decode loop.
         """
         text = clean_message(message)
         check = safety.before(self.pack, text)
@@ -215,11 +217,12 @@ class Chat:
                                                self.assistant.settings.memory)
         sent = prompt_mod.user_block(text, recalled)
         reply = Reply(iter(()), memories=recalled, flags=check.flags)
-        reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides)
+        reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides, constraint)
         return reply
 
     def _stream(self, reply: Reply, text: str, sent: str, check: safety.Check, store: Any,
-                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any]) -> Iterator[str]:
+                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any],
+                constraint: Any = None) -> Iterator[str]:
         from personalization.journal import Turn, new_turn_id
 
         engine = self.assistant.engine
@@ -241,7 +244,7 @@ class Chat:
             messages = built.messages
             if check.prefix:
                 yield check.prefix
-            gen = engine.stream(built.ids, params, session=self.kv, cancel=cancel)
+            gen = engine.stream(built.ids, params, session=self.kv, cancel=cancel, constraint=constraint)
             for chunk in gen:
                 yield chunk
             model_text = gen.text

@@ -233,11 +233,14 @@ class Engine:
         params: GenParams,
         session: KVSession | None = None,
         cancel: CancelToken | None = None,
+        constraint: Any = None,
     ) -> Generation:
         """Generate a reply to ``prompt_ids`` (already rendered), streaming text chunks.
 
         With a ``session``, its cached KV is reused for the longest common prefix and the
-        session holds the conversation's cache afterwards.
+        session holds the conversation's cache afterwards. A ``constraint`` (see
+        ``assistant.grammar``) masks the logits before each sample (``mask``) and sees each
+        sampled token (``accept``, True when its grammar is complete: the reply ends there).
         """
         ids = list(prompt_ids)
         if not ids:
@@ -248,10 +251,11 @@ class Engine:
                 "shorten the message (or raise model.context_tokens if the model allows it)"
             )
         stats = GenStats(prompt_tokens=len(ids))
-        return Generation(self._run(ids, params, session or KVSession(), cancel, stats), stats)
+        return Generation(self._run(ids, params, session or KVSession(), cancel, stats, constraint), stats)
 
     def _run(
-        self, ids: list[int], params: GenParams, session: KVSession, cancel: CancelToken | None, stats: GenStats
+        self, ids: list[int], params: GenParams, session: KVSession, cancel: CancelToken | None, stats: GenStats,
+        constraint: Any = None,
     ) -> Iterator[str]:
         torch = self._torch
         with self.lock, torch.inference_mode(), self._busy():
@@ -282,6 +286,8 @@ class Engine:
                 if params.repetition_penalty != 1.0:
                     recent = (ids + produced)[-params.penalty_window :]
                     logits = _penalize(logits, recent, params.repetition_penalty)
+                if constraint is not None:
+                    logits = constraint.mask(logits)
                 token = _sample(logits, params, generator)
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -290,11 +296,12 @@ class Engine:
                     stats.finish_reason = "stop"
                     break
                 produced.append(token)
+                complete = constraint is not None and constraint.accept(token)
                 stats.completion_tokens = len(produced)
                 text, hit_stop = decoder.push(token)
                 if text:
                     yield text
-                if hit_stop:
+                if hit_stop or complete:
                     stats.finish_reason = "stop"
                     break
                 if len(produced) >= budget:
