@@ -49,7 +49,7 @@ def server(tiny_engine, home):
 def test_key_matrix_other_user_is_403_and_audited(server):
     keys = {scope: api_keys.create(f"app-{scope.replace(':', '-')}", scope, users=OWN) for scope in api_keys.SCOPES}
     seen = []
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with httpx.Client(base_url=server.url, timeout=900) as client:
         for scope, key in keys.items():
             for user in (OWN, OTHER):
                 for endpoint, (method, path, kw) in _requests(user).items():
@@ -76,13 +76,13 @@ def test_a_key_for_one_user_acts_for_it_by_default_and_sets_and_star(server):
     both = api_keys.create("both", "memory:read", users=["alice", "carol@example.com"])
     star = api_keys.create("star", "memory:read", users="*")
     base = f"{server.url}/v1/memories"
-    r = httpx.get(base, headers={"Authorization": f"Bearer {one}"})
+    r = httpx.get(base, headers={"Authorization": f"Bearer {one}"}, timeout=300)
     assert r.status_code == 200 and r.json()["user"] == "alice"  # no user named: the key's one user
     mapped = api_keys.user_folder("carol@example.com")
-    r = httpx.get(base, headers={"Authorization": f"Bearer {both}"}, params={"user": "carol@example.com"})
+    r = httpx.get(base, headers={"Authorization": f"Bearer {both}"}, params={"user": "carol@example.com"}, timeout=300)
     assert r.status_code == 200 and r.json()["user"] == mapped
-    assert httpx.get(base, headers={"Authorization": f"Bearer {both}"}, params={"user": "dave"}).status_code == 403
-    assert httpx.get(base, headers={"Authorization": f"Bearer {star}"}, params={"user": "dave"}).status_code == 200
+    assert httpx.get(base, headers={"Authorization": f"Bearer {both}"}, params={"user": "dave"}, timeout=300).status_code == 403
+    assert httpx.get(base, headers={"Authorization": f"Bearer {star}"}, params={"user": "dave"}, timeout=300).status_code == 200
 
 
 def test_a_key_from_before_users_acts_only_for_the_default_user(server):
@@ -92,8 +92,8 @@ def test_a_key_from_before_users_acts_only_for_the_default_user(server):
     del data["keys"][0]["users"]  # as written by the previous version
     path.write_text(json.dumps(data))
     h = {"Authorization": f"Bearer {key}"}
-    assert httpx.get(f"{server.url}/v1/memories", headers=h).status_code == 200
-    assert httpx.get(f"{server.url}/v1/memories", headers=h, params={"user": "alice"}).status_code == 403
+    assert httpx.get(f"{server.url}/v1/memories", headers=h, timeout=300).status_code == 200
+    assert httpx.get(f"{server.url}/v1/memories", headers=h, params={"user": "alice"}, timeout=300).status_code == 403
 
 
 def test_user_ids_map_to_safe_stable_folder_names():
@@ -129,7 +129,7 @@ def test_no_endpoint_creates_or_widens_keys(server):
     h = {"Authorization": f"Bearer {key}"}
     before = api_keys.keys_file().read_text()
     for path in ("/v1/keys", "/v1/api-keys", "/v1/api_keys", "/v1/admin/keys"):
-        assert httpx.post(f"{server.url}{path}", headers=h, json={"name": "x", "scopes": "chat"}).status_code in (404, 405)
+        assert httpx.post(f"{server.url}{path}", headers=h, json={"name": "x", "scopes": "chat"}, timeout=300).status_code in (404, 405)
     assert api_keys.keys_file().read_text() == before
 
 

@@ -83,3 +83,16 @@ def test_parse_tool_calls_keeps_text_before_a_call():
 def test_a_schema_the_engine_cannot_compile_is_a_clear_error(tiny_engine):
     with pytest.raises(grammar.GrammarError, match="JSON Schema"):
         grammar.json_schema(tiny_engine, "not a schema")
+
+
+def test_the_python_api_passes_a_constraint_through_chat_send(tiny_engine, home):
+    from assistant import settings as settings_mod
+    from assistant.core import Assistant
+
+    tiny_engine.context_tokens = 512
+    assistant = Assistant(settings_mod.load(env={}), engine=tiny_engine)
+    chat = assistant.chat("me", "general", use_memory=False)
+    reply = chat.send("Where is Paris?", constraint=grammar.json_schema(assistant.engine, SCHEMA), temperature=0,
+                      max_new_tokens=120)
+    jsonschema.validate(json.loads(reply.collect()), SCHEMA)
+    assert chat.journal.turn(reply.turn_id).reply == reply.text

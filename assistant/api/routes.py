@@ -105,6 +105,21 @@ def _select_adapter(c: Ctx, user: str, pack: Any) -> None:
                          SimpleNamespace(adapter=None))
 
 
+def legacy_logprobs(recorder: Any, start: int, offset: int) -> dict[str, Any] | None:
+    """The legacy completions' logprobs object for the tokens recorded from ``start`` on."""
+    if recorder is None:
+        return None
+    entries = recorder.entries[start:]
+    tokens = [recorder.token_text(e["token_id"]) for e in entries]
+    offsets, at = [], offset
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{recorder.token_text(t): v for t, v in e["top"]} for e in entries],
+            "text_offset": offsets}
+
+
 @router.post("/v1/completions")
 async def completions(request: Request, c: Ctx = Depends(ctx)):
     """Plain text continuation of ``prompt`` (no chat template, no memory, not journalled), with
@@ -134,19 +149,6 @@ async def completions(request: Request, c: Ctx = Depends(ctx)):
         ids = engine.tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
         return engine.stream(ids, params, cancel=cancel, constraint=recorder), recorder
 
-    def legacy_logprobs(recorder: Any, start: int, offset: int) -> dict[str, Any] | None:
-        if recorder is None:
-            return None
-        entries = recorder.entries[start:]
-        tokens = [recorder.token_text(e["token_id"]) for e in entries]
-        offsets, at = [], offset
-        for t in tokens:
-            offsets.append(at)
-            at += len(t)
-        return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-                "top_logprobs": [{recorder.token_text(t): v for t, v in e["top"]} for e in entries],
-                "text_offset": offsets}
-
     def body(choice: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {"id": cid, "object": "text_completion", "created": created, "model": req.model,
                 "choices": [{"index": 0, "logprobs": None, "finish_reason": None} | choice], **extra}
@@ -161,6 +163,10 @@ async def completions(request: Request, c: Ctx = Depends(ctx)):
         return body({"text": gen.text, "finish_reason": finish_reason(gen.stats.finish_reason),
                      "logprobs": legacy_logprobs(recorder, 0, 0)}, usage=usage(gen.stats))
 
+    return await _stream_completion(c, req, begin, body)
+
+
+async def _stream_completion(c: Ctx, req: CompletionRequest, begin: Any, body: Any):
     def produce(cancel: Any) -> Iterator[tuple[str, Any]]:
         gen, recorder = begin(cancel)
         seen, offset = 0, 0
@@ -173,6 +179,7 @@ async def completions(request: Request, c: Ctx = Depends(ctx)):
 
     first, rest, cancel = await streaming.start(c, produce)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    template = body({})
 
     async def events():
         item = first
@@ -183,8 +190,9 @@ async def completions(request: Request, c: Ctx = Depends(ctx)):
                 gen = item[1]
                 yield streaming.sse(body({"text": "", "finish_reason": finish_reason(gen.stats.finish_reason)}))
                 if include_usage:
-                    yield streaming.sse({"id": cid, "object": "text_completion", "created": created,
-                                         "model": req.model, "choices": [], "usage": usage(gen.stats)})
+                    yield streaming.sse({"id": template["id"], "object": "text_completion",
+                                         "created": template["created"], "model": req.model, "choices": [],
+                                         "usage": usage(gen.stats)})
                 return
             else:
                 yield streaming.error_event(item[1])
