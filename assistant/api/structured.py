@@ -141,7 +141,7 @@ def structure_of(req: Any) -> Structure:
     """Check ``response_format``, ``tools`` and ``tool_choice`` and say what the reply must be."""
     fmt = req.response_format or {"type": "text"}
     ftype = fmt.get("type")
-    if req.tools is None and req.tool_choice not in (None, "none"):
+    if not req.tools and req.tool_choice not in (None, "none"):
         raise ApiError(400, "tool_choice needs tools", param="tool_choice")
     tools = _tools(req.tools) if req.tools else []
     mode = _mode(req.tool_choice, tools) if tools else "none"
