@@ -35,9 +35,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "can read and change this assistant's memories; traffic is not encrypted (plain HTTP).")
     if not api_keys.list():
         _err("note: no API keys yet, so every request will be refused: "
-             "create one with `assistant api-key create NAME --scopes chat`")
+             "create one with `assistant api-key create NAME --user USER --scopes chat`")
     _err(f"loading the model, then serving on http://{host}:{port}/v1 (Ctrl-C stops)")
     return api.serve(settings, host, port, allow_remote=args.allow_remote, progress=lambda m: _err(f"[{m}]"))
+
+
+def _default_user() -> str:
+    from assistant import settings as settings_mod
+
+    return settings_mod.load().chat.user
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
@@ -45,19 +51,26 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
     action = args.api_key_cmd
     if action == "create":
-        key = api_keys.create(args.name, args.scopes)
+        users = ",".join(args.user) if args.user else _default_user()
+        bound = api_keys.parse_users(users)
+        if bound == [api_keys.ALL_USERS] and not args.yes_every_user:
+            raise AssistantError("--user '*' lets this key act for every user on this machine: "
+                                 "add --yes-every-user to confirm, or name the users (--user alice,bob)")
         scopes = api_keys.parse_scopes(args.scopes)
+        key = api_keys.create(args.name, scopes, users=bound)
         print(key)
-        _err(f"created a key for {args.name!r} with scopes {', '.join(scopes)}. "
+        who = "every user" if bound == [api_keys.ALL_USERS] else ", ".join(bound)
+        _err(f"created a key for {args.name!r} acting for {who}, with scopes {', '.join(scopes)}. "
              "It is shown only now: store it; only its hash is kept.")
         return 0
     if action == "list":
         keys = api_keys.list()
         if not keys:
-            _err("no API keys: create one with `assistant api-key create NAME --scopes chat`")
+            _err("no API keys: create one with `assistant api-key create NAME --user USER --scopes chat`")
         for k in keys:
             created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k["created"] or 0))
-            print(f"{k['name']:20} {created}  {','.join(k['scopes'])}")
+            users = ",".join(k["users"]) if k.get("users") else f"{_default_user()} (made before keys had users)"
+            print(f"{k['name']:20} {created}  {','.join(k['scopes']):40} users: {users}")
         return 0
     if action == "revoke":
         api_keys.revoke(args.name)
@@ -75,11 +88,16 @@ def register(sub: Any) -> None:
     p.add_argument("--user", help="the user for requests that name none (default: chat.user in config)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("api-key", help="create, list and revoke per-app API keys for the local API")
+    p = sub.add_parser("api-key", help="create, list and revoke per-app API keys for the local API (only here: "
+                                       "no API call creates or widens a key)")
     ksub = p.add_subparsers(dest="api_key_cmd", metavar="ACTION", required=True)
     k = ksub.add_parser("create", help="create a key for an app (printed once)")
     k.add_argument("name", help="the app's name")
     k.add_argument("--scopes", default="chat", help=SCOPES_HELP + " (default: chat)")
+    k.add_argument("--user", action="append", metavar="USER",
+                   help="the user(s) the key may act for: a name, an e-mail, a comma-separated list, or '*' "
+                        "(every user, needs --yes-every-user); repeatable (default: chat.user in config)")
+    k.add_argument("--yes-every-user", action="store_true", help="confirm a key for --user '*'")
     ksub.add_parser("list", help="list apps with keys and their scopes")
     k = ksub.add_parser("revoke", help="revoke an app's key")
     k.add_argument("name")

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine.load(settings, lambda m: print(f"[{m}]", flush=True))
         print(f"model {engine.name}: ready in {time.perf_counter() - t0:.1f} s "
               f"(prefill {engine.prefill_dtype}, decode {engine.decode_dtype})", flush=True)
-        key = api_keys.create("bench", "chat")
+        key = api_keys.create("bench", "chat", users="*")
         app = make_app(Assistant(settings, engine=engine))
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -95,7 +95,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     print(f"model: loads in {time.perf_counter() - t1:.1f} s")
     result = calibrate(model, resolved.folder, lambda m: print(f"  {m}"))
     for name, t in result["timings"].items():
-        print(f"  {name}: prefill 256 tokens {t['prefill_256_s']:.3f} s, decode {1 / t['decode_token_s']:.1f} tok/s")
+        print(f"  {name}: {_timing_line(t)}")
     print(f"dtypes: prefill in {result['prefill']}, decode in {result['decode']}")
     if settings.memory.enabled and not args.no_memory:
         from memory import embedder
@@ -105,6 +105,19 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print(f"embedder: {emb.id} ({emb.dim} dimensions) loads in {time.perf_counter() - t2:.1f} s")
     print(f"setup done in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _timing_line(t: dict[str, Any]) -> str:
+    """One dtype's calibration, whatever it measured (int8 weights are timed for decoding only)."""
+    parts = []
+    if isinstance(t.get("prefill_256_s"), (int, float)):
+        parts.append(f"prefill 256 tokens {t['prefill_256_s']:.3f} s")
+    else:
+        parts.append("prefill not measured (decode only)")
+    decode = t.get("decode_token_s")
+    if isinstance(decode, (int, float)) and decode > 0:
+        parts.append(f"decode {1 / decode:.1f} tok/s")
+    return ", ".join(parts)
 
 
 def _versions() -> dict[str, str]:

@@ -304,11 +304,14 @@ class Engine:
         params: GenParams,
         session: KVSession | None = None,
         cancel: CancelToken | None = None,
+        constraint: Any = None,
     ) -> Generation:
         """Generate a reply to ``prompt_ids`` (already rendered), streaming text chunks.
 
         With a ``session``, its cached KV is reused for the longest common prefix and the
-        session holds the conversation's cache afterwards.
+        session holds the conversation's cache afterwards. A ``constraint`` (see
+        ``assistant.grammar``) masks the logits before each sample (``mask``) and sees each
+        sampled token (``accept``, True when its grammar is complete: the reply ends there).
         """
         ids = list(prompt_ids)
         if not ids:
@@ -319,10 +322,11 @@ class Engine:
                 "shorten the message (or raise model.context_tokens if the model allows it)"
             )
         stats = GenStats(prompt_tokens=len(ids))
-        return Generation(self._run(ids, params, session or KVSession(), cancel, stats), stats)
+        return Generation(self._run(ids, params, session or KVSession(), cancel, stats, constraint), stats)
 
     def _run(
-        self, ids: list[int], params: GenParams, session: KVSession, cancel: CancelToken | None, stats: GenStats
+        self, ids: list[int], params: GenParams, session: KVSession, cancel: CancelToken | None, stats: GenStats,
+        constraint: Any = None,
     ) -> Iterator[str]:
         torch = self._torch
         with self.lock, torch.inference_mode(), self._busy():
@@ -353,7 +357,7 @@ class Engine:
                     if cancel is not None and cancel.cancelled:
                         stats.finish_reason = "cancelled"
                         break
-                    token = self._pick(logits, ids + produced, params, generator)
+                    token = self._pick(logits, ids + produced, params, generator, constraint)
                     if t_first is None:
                         t_first = time.perf_counter()
                         stats.ttft_s = t_first - t0
@@ -361,11 +365,12 @@ class Engine:
                         stats.finish_reason = "stop"
                         break
                     produced.append(token)
+                    complete = constraint is not None and constraint.accept(token)
                     stats.completion_tokens = len(produced)
                     text, hit_stop = decoder.push(token)
                     if text:
                         yield text
-                    if hit_stop:
+                    if hit_stop or complete:
                         stats.finish_reason = "stop"
                         break
                     if len(produced) >= budget:
@@ -392,10 +397,12 @@ class Engine:
                 stats.decode_s = time.perf_counter() - t_first
 
     @staticmethod
-    def _pick(logits: Any, context: list[int], params: GenParams, generator: Any) -> int:
-        """The one sampling step: penalties, then (a constraint mask could go here) sampling."""
+    def _pick(logits: Any, context: list[int], params: GenParams, generator: Any, constraint: Any = None) -> int:
+        """The one sampling step: penalties, then a constraint's mask (structured output), then sampling."""
         if params.repetition_penalty != 1.0:
             logits = _penalize(logits, context[-params.penalty_window :], params.repetition_penalty)
+        if constraint is not None:
+            logits = constraint.mask(logits)
         return _sample(logits, params, generator)
 
     def clear_shared_prefix(self) -> None:

@@ -57,9 +57,9 @@ def _settings(**api):
 @pytest.fixture
 def keys(home):
     return {
-        "all": api_keys.create("all", "chat,memory:read,memory:write,feedback"),
-        "chat": api_keys.create("chatonly", "chat"),
-        "mem": api_keys.create("memread", "memory:read"),
+        "all": api_keys.create("all", "chat,memory:read,memory:write,feedback", users="*"),
+        "chat": api_keys.create("chatonly", "chat", users="*"),
+        "mem": api_keys.create("memread", "memory:read", users="*"),
     }
 
 
@@ -106,7 +106,7 @@ def test_keys_store_only_salted_hashes_and_check_scopes(home):
 
 
 def test_cli_api_key_commands(home, capsys):
-    assert cli_main(["api-key", "create", "notes", "--scopes", "chat,memory:read"]) == 0
+    assert cli_main(["api-key", "create", "notes", "--user", "me", "--scopes", "chat,memory:read"]) == 0
     key = capsys.readouterr().out.strip()
     assert api_keys.check(key) == ("notes", ["chat", "memory:read"])
     assert cli_main(["api-key", "list"]) == 0
@@ -245,7 +245,8 @@ def test_request_errors(server, keys):
     _error(httpx.post(url, json=_chat_body() | {"messages": "hello"}, headers=h), 422)
     _error(httpx.post(url, json=_chat_body() | {"temperature": "hot"}, headers=h), 422)
     _error(httpx.post(url, json=_chat_body() | {"max_tokens": 0}, headers=h), 422)
-    _error(httpx.post(url, json=_chat_body() | {"user": "../etc"}, headers=h), 400)
+    _error(httpx.post(url, json=_chat_body() | {"user": ""}, headers=h), 400)
+    _error(httpx.post(url, json=_chat_body() | {"user": "a\nb"}, headers=h), 400)
     _error(httpx.post(url, json={"model": "general", "messages": [{"role": "assistant", "content": "hi"}]}, headers=h), 400)
     err = _error(httpx.post(url, json=_chat_body("word " * 2000), headers=h, timeout=30), 400)
     assert err["code"] == "context_length_exceeded"
@@ -288,16 +289,17 @@ def test_chat_uses_memories_only_with_memory_scope(server, keys):
     h = _h(keys["all"])
     httpx.post(f"{server.url}/v1/memories", headers=h, json={"user": "dana", "text": "My dog is called Biscuit."}, timeout=60)
     body = _chat_body("What is my dog called?", user="dana", max_tokens=4)
-    r = httpx.post(f"{server.url}/v1/chat/completions", headers=h, json=body, timeout=60).json()
+    r = httpx.post(f"{server.url}/v1/chat/completions", headers=h, json=body, timeout=180).json()
     assert any("Biscuit" in m["text"] for m in r["memories"])
-    r = httpx.post(f"{server.url}/v1/chat/completions", headers=_h(keys["chat"]), json=body, timeout=60).json()
-    assert "memories" not in r
+    assert any(s["kind"] == "fact" and s["memory_id"] for s in r["sources"])
+    r = httpx.post(f"{server.url}/v1/chat/completions", headers=_h(keys["chat"]), json=body, timeout=180).json()
+    assert "memories" not in r and "sources" not in r
     assert server.assistant.journal("dana").turn(r["turn_id"]).memory_ids == []
 
 
 def test_feedback_lands_in_journal(server, keys):
     h = _h(keys["all"])
-    out = httpx.post(f"{server.url}/v1/chat/completions", headers=h, json=_chat_body(user="erin"), timeout=30).json()
+    out = httpx.post(f"{server.url}/v1/chat/completions", headers=h, json=_chat_body(user="erin"), timeout=180).json()
     seen = []
     server.assistant.listeners.append(lambda user, pack: seen.append((user, pack)))
     r = httpx.post(f"{server.url}/v1/feedback", headers=h, json={"completion_id": out["id"], "rating": -1, "user": "erin"})
@@ -343,7 +345,7 @@ def test_real_model_knows_the_capital_of_france(real_engine, home):
     from assistant.api import make_app
     from assistant.core import Assistant
 
-    key = api_keys.create("real", "chat")
+    key = api_keys.create("real", "chat", users="me")
     assistant = Assistant(settings_mod.load(env={}), engine=real_engine)
     with Server(make_app(assistant)) as srv:
         client = OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=300)
