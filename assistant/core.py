@@ -326,7 +326,8 @@ class Chat:
         deltas = None
         reasons: list[str] = []
         found = live_for(self.user, self.pack.id, engine.model, reasons) if self.use_adapter else None
-        reply.notices += reasons  # an adapter trained on another base model is skipped, and the user told
+        if hasattr(reply, "notices"):  # an adapter trained on another base model is skipped, and the user told
+            reply.notices += reasons
         if found is not None:
             store, current = found
             wanted = f"{store.user}/{self.pack.id}/{current}"
