@@ -42,7 +42,7 @@ def _fsync_dir(path: Path) -> None:
 class AdapterStore:
     def __init__(self, user: str, pack: str, root: Path | None = None) -> None:
         self.user, self.pack = user, pack
-        self.root = root or paths.adapters_dir(user, pack)
+        self.root = root or paths.adapters_dir(user, pack)  # both names checked there
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():
@@ -66,6 +66,8 @@ class AdapterStore:
         return name
 
     def meta(self, version: str) -> dict[str, Any]:
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack} (versions look like v0003)")
         path = self.root / version / META
         if not path.is_file():
             raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack}")
@@ -76,7 +78,7 @@ class AdapterStore:
 
     def staging_dir(self) -> Path:
         """A fresh temporary folder on the same file system, to write a candidate into."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        paths.private_dir(paths.inside_home(self.root))
         tmp = self.root / f".staging-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -93,6 +95,7 @@ class AdapterStore:
         version = f"v{number:04d}"
         meta = dict(meta, version=version)
         (staged / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        paths.make_private(staged)
         for f in staged.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -103,9 +106,9 @@ class AdapterStore:
         return version
 
     def set_current(self, version: str | None) -> None:
-        if version is not None and not (self.root / version / WEIGHTS).is_file():
-            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack}")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if version is not None and (not _VERSION_RE.match(str(version)) or not (self.root / version / WEIGHTS).is_file()):
+            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack} (see `assistant adapters list`)")
+        paths.private_dir(paths.inside_home(self.root))
         tmp = self.root / f"{CURRENT}.tmp"
         with open(tmp, "w") as fh:
             fh.write(version or "")
@@ -134,7 +137,7 @@ class AdapterStore:
         keep_set = set(versions[-keep:] if keep > 0 else []) | {v for v in (cur, best) if v}
         removed = [v for v in versions if v not in keep_set]
         for v in removed:
-            shutil.rmtree(self.root / v, ignore_errors=True)
+            shutil.rmtree(paths.inside_home(self.root / v), ignore_errors=True)
         return removed
 
     def best(self) -> str | None:
@@ -156,7 +159,7 @@ class AdapterStore:
 
 def pack_store(pack: str) -> AdapterStore:
     """The pack's starting adapter (``assistant pack train``), shared by all users of the machine."""
-    return AdapterStore("_pack", pack, root=paths.home() / "pack-adapters" / pack)
+    return AdapterStore("_pack", pack, root=paths.pack_adapters_dir(pack))
 
 
 def live_for(user: str, pack: str) -> tuple[AdapterStore, str] | None:
