@@ -157,6 +157,41 @@ class AdapterStore:
         return lora_deltas(self.root / version, {n for n, _ in model.named_parameters()})
 
 
+def training_ledger(data: Any, turns: Any = (), facts: Any = (), parent: tuple[AdapterStore, str] | None = None,
+                    ) -> dict[str, list[str]]:
+    """What a version was trained on: journal turn ids and memory ids (its own and its parent's).
+
+    A turn's memories count too: they were in the prompt it was trained with. Forgetting uses
+    this to find every version that saw a forgotten memory or turn (see assistant/privacy.py).
+    """
+    own = {ex.turn_id for ex in list(data.train) + list(data.heldout) if getattr(ex, "turn_id", "")}
+    memories = {m.id for m in facts}
+    for t in turns:
+        if t.id in own:
+            memories |= set(t.memory_ids)
+    if parent is not None:
+        try:
+            inherited = parent[0].meta(parent[1]).get("ledger") or {}
+        except (AdapterError, ValueError):
+            inherited = {}
+        own |= set(inherited.get("turns", []))
+        memories |= set(inherited.get("memories", []))
+    return {"turns": sorted(own), "memories": sorted(memories)}
+
+
+def saw(meta: dict[str, Any], turn_ids: set[str], memory_ids: set[str], since: float | None) -> bool:
+    """Whether a version with this meta.json may have learned any of these turns or memories.
+
+    Without a ledger (versions older than it), a version made after the forgotten data
+    existed (``since``) is assumed to have seen it.
+    """
+    ledger = meta.get("ledger")
+    if isinstance(ledger, dict):
+        return bool(turn_ids & set(ledger.get("turns", [])) or memory_ids & set(ledger.get("memories", [])))
+    created = meta.get("created")
+    return since is None or not isinstance(created, (int, float)) or created >= since
+
+
 def pack_store(pack: str) -> AdapterStore:
     """The pack's starting adapter (``assistant pack train``), shared by all users of the machine."""
     return AdapterStore("_pack", pack, root=paths.pack_adapters_dir(pack))

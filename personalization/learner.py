@@ -22,7 +22,7 @@ from assistant.errors import AssistantError
 from personalization import dataset as dataset_mod
 from personalization import gate as gate_mod
 from personalization import trainer as trainer_mod
-from personalization.adapters import AdapterStore
+from personalization.adapters import AdapterStore, training_ledger
 
 STATE = "state.json"
 
@@ -123,6 +123,7 @@ class Learner:
         system = pack.system_prompt()
         data = dataset_mod.build(turns, facts, pack.train_examples(), system, replay_ratio=self.settings.replay_ratio,
                                  seed_value=self.settings.seed)
+        data.ledger_of = (turns, facts)  # what the version will have seen (adapters.training_ledger)
         live = store.current()
         # Where this round starts from and what it must beat: the user's live adapter, else the
         # pack's starting adapter (`assistant pack train`), else the base model.
@@ -227,6 +228,7 @@ class Learner:
                 parent = f"{source[0].user}/{source[1]}" if source else None
                 meta = self._meta(engine, data, result, decision, parent)
                 meta["gate_sets"] = sets
+                meta["ledger"] = training_ledger(data, *getattr(data, "ledger_of", ((), ())), parent=source)
                 version = store.publish(staged, meta)
                 live = version
                 keep = self.settings.keep_versions
