@@ -116,8 +116,12 @@ def _nested_quantifier(pattern: str) -> bool:
         return False
 
 
-def check_pattern(pattern: Any) -> str | None:
-    """Why ``pattern`` cannot be a red-flag pattern, or None when it can."""
+def check_pattern(pattern: Any, probe: bool = False) -> str | None:
+    """Why ``pattern`` cannot be a red-flag pattern, or None when it can.
+
+    ``probe`` also times it on texts that make backtracking engines work hardest (`pack
+    validate` and `pack install` do; loading does not, as matching has a time limit anyway).
+    """
     if not isinstance(pattern, str) or not pattern.strip():
         return "must be a non-empty string"
     if len(pattern) > 1000:
@@ -129,6 +133,8 @@ def check_pattern(pattern: Any) -> str | None:
         return f"bad regular expression: {exc}"
     if _nested_quantifier(pattern):
         return "has a repeat inside a repeat (like `(a+)+`), which can take forever on some texts; flatten it"
+    if not probe:
+        return None
     # Texts that make a backtracking engine work hardest: long runs of one character with a
     # mismatch at the end.
     for probe in ("a" * _PROBE_LEN + "!", " " * _PROBE_LEN + "!", "ab" * (_PROBE_LEN // 2) + "!", "1" * _PROBE_LEN + "x"):
@@ -191,16 +197,19 @@ def _line_of(text: str, key: str, start: int = 0) -> int | None:
     return None
 
 
-def validate(root: Path) -> list[Problem]:
-    """Every problem in the pack at ``root`` (empty list: the pack is valid). Never raises."""
+def validate(root: Path, probe: bool = True) -> list[Problem]:
+    """Every problem in the pack at ``root`` (empty list: the pack is valid). Never raises.
+
+    ``probe`` times each red-flag pattern on adversarial texts (slower; loading skips it).
+    """
     root = Path(root)
     try:
-        return _validate(root)
+        return _validate(root, probe)
     except (OSError, UnicodeError, ValueError, TypeError, RecursionError) as exc:
         return [Problem(str(root), None, None, f"cannot be read ({type(exc).__name__}: {exc})")]
 
 
-def _validate(root: Path) -> list[Problem]:
+def _validate(root: Path, probe: bool) -> list[Problem]:
     problems: list[Problem] = []
     manifest = root / "pack.toml"
     if not root.is_dir():
@@ -213,7 +222,7 @@ def _validate(root: Path) -> list[Problem]:
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         return [Problem(str(manifest), line, None, f"not valid TOML: {exc}")]
-    problems += _check_manifest(manifest, text, data)
+    problems += _check_manifest(manifest, text, data, probe)
     knowledge = root / "knowledge"
     docs = sorted(knowledge.glob("*.md")) if knowledge.is_dir() else []
     if not docs:
@@ -244,7 +253,7 @@ def _validate(root: Path) -> list[Problem]:
     return problems
 
 
-def _check_manifest(manifest: Path, text: str, data: dict[str, Any]) -> list[Problem]:
+def _check_manifest(manifest: Path, text: str, data: dict[str, Any], probe: bool = True) -> list[Problem]:
     f = str(manifest)
     out: list[Problem] = []
     for key, value in data.items():
@@ -304,7 +313,7 @@ def _check_manifest(manifest: Path, text: str, data: dict[str, Any]) -> list[Pro
         if isinstance(patterns, list) and not patterns:
             out.append(Problem(f, line, f"{key0}.patterns", "must list at least one pattern"))
         for pattern in patterns if isinstance(patterns, list) else []:
-            why = check_pattern(pattern)
+            why = check_pattern(pattern, probe)
             if why:
                 out.append(Problem(f, line, f"{key0}.patterns", f"{_short(pattern)} {why}"))
     out += _check_values(f, text, data)
@@ -415,7 +424,7 @@ def _red_flags(data: dict[str, Any]) -> list[RedFlag]:
 def load(root: Path, source: str = "built-in") -> Pack:
     """Load a valid pack, or raise ``PackError`` listing every problem."""
     root = Path(root)
-    problems = validate(root)
+    problems = validate(root, probe=source == "user-install")
     if problems:
         listing = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -522,7 +531,7 @@ def scaffold(name: str, dest: Path) -> Path:
 
 def install(src: Path) -> Pack:
     """Copy a valid pack folder into the user's packs directory."""
-    pack = load(Path(src), "user")
+    pack = load(Path(src), "user-install")
     target = paths.inside_home(paths.user_packs_dir() / paths.check_pack_name(pack.id))
     if target.exists():
         raise PackError(f"a user pack {pack.id!r} is already installed at {target}: remove it first")
