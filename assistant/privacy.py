@@ -66,8 +66,9 @@ def forget(
 
     user = paths.check_user_name(user)
     receipt = Receipt(user)
-    folder = paths.inside_home(paths.user_dir(user))
-    with user_lock(folder):
+    folder = paths.user_dir(user)
+    paths.inside_home(folder)
+    with user_lock(folder):  # the same lock file path as the stores use (memory/locking.py)
         store, own_store = _memory(user, settings, assistant)
         try:
             chosen = _choose(store, ids, search, everything)
@@ -229,7 +230,8 @@ def delete_user(user: str, assistant: Any = None) -> Receipt:
     from memory.locking import user_lock
 
     user = paths.check_user_name(user)
-    folder = paths.inside_home(paths.user_dir(user))
+    folder = paths.user_dir(user)
+    paths.inside_home(folder)
     if not folder.exists():
         raise AssistantError(f"no user {user!r} in {paths.users_dir()}")
     receipt = Receipt(user, deleted_user=True)
