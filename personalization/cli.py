@@ -45,8 +45,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_pack_train(args: argparse.Namespace) -> int:
+    from assistant.paths import check_pack_name
     from personalization.evaluate import pack_eval_score
 
+    check_pack_name(args.name)  # an empty name must not fall back to the default pack
     assistant = _assistant(args)
     pack = assistant.pack(args.name)
     engine = assistant.engine

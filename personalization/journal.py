@@ -419,18 +419,7 @@ def _copy_rows(damaged: Path, db: sqlite3.Connection, table: str) -> int:
         try:
             rows = src.execute(f"SELECT * FROM {table}").fetchall()
         except sqlite3.DatabaseError:
-            rows = []
-            try:
-                top = src.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
-            except sqlite3.DatabaseError:
-                top = 0
-            for rowid in range(1, min(top, 1_000_000) + 1):
-                try:
-                    row = src.execute(f"SELECT * FROM {table} WHERE rowid=?", (rowid,)).fetchone()
-                except sqlite3.DatabaseError:
-                    continue
-                if row:
-                    rows.append(row)
+            rows = [r for rowid in _rowids(src, table) for r in _row(src, table, rowid)]
         width = len(db.execute(f"SELECT * FROM {table} LIMIT 0").description)
         for row in rows:
             if len(row) != width:
@@ -443,6 +432,34 @@ def _copy_rows(damaged: Path, db: sqlite3.Connection, table: str) -> int:
     finally:
         src.close()
     return saved
+
+
+def _rowids(src: sqlite3.Connection, table: str) -> list[int]:
+    """Row ids of ``table`` from whatever still reads: the table, its indexes, or a plain range."""
+    found: set[int] = set()
+    queries = [f"SELECT rowid FROM {table}"]
+    for (name,) in src.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?", (table,)).fetchall():
+        queries.append(f'SELECT rowid FROM {table} INDEXED BY "{name}"')
+    for q in queries:
+        try:
+            found |= {r[0] for r in src.execute(q).fetchall()}
+        except sqlite3.DatabaseError:
+            continue
+    if not found:
+        try:
+            top = src.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+        except sqlite3.DatabaseError:
+            top = 0
+        found = set(range(1, min(top, 1_000_000) + 1))
+    return sorted(found)
+
+
+def _row(src: sqlite3.Connection, table: str, rowid: int) -> list[tuple[Any, ...]]:
+    try:
+        row = src.execute(f"SELECT * FROM {table} WHERE rowid=?", (rowid,)).fetchone()
+    except sqlite3.DatabaseError:
+        return []
+    return [row] if row else []
 
 
 def new_turn_id() -> str:
