@@ -95,7 +95,8 @@ def forget(
         try:
             if everything:
                 needles = [m.text for m in chosen]
-            done = journal.scrub(needles, forgotten_ids, source_turns) if chosen else {}
+            words = sorted({w for m in chosen for w in distinctive_words(m.text)})
+            done = journal.scrub(needles, forgotten_ids, source_turns, words) if chosen else {}
         finally:
             if own_journal:
                 journal.close()
@@ -110,6 +111,23 @@ def forget(
     if assistant is not None:
         _after_forget(assistant, user)
     return receipt
+
+
+def distinctive_words(text: str) -> list[str]:
+    """Words of a memory that identify it on their own: codes (with digits), names, CAPITALS."""
+    import re
+
+    out = []
+    for i, m in enumerate(re.finditer(r"[A-Za-z0-9][\w'-]*", text)):
+        w = m.group(0)
+        sentence_start = i == 0 or text[: m.start()].rstrip().endswith((".", "!", "?"))
+        if len(w) >= 4 and any(c.isdigit() for c in w):
+            out.append(w)
+        elif len(w) >= 4 and w.isupper():
+            out.append(w)
+        elif len(w) >= 3 and w[0].isupper() and not sentence_start and w.lower() not in ("i'm", "i've", "i'll"):
+            out.append(w)
+    return out
 
 
 def _choose(store: Any, ids: Sequence[str], search: str | None, everything: bool) -> list[Any]:

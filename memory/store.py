@@ -125,10 +125,14 @@ class VectorCollection:
         self.notices: list[str] = []
         _recover(root)
         try:
+            if not _index_files_sane(root):
+                raise MemoryStoreError("the vector index files are damaged (sizes do not match their header)")
             self._client = _client(root)
             self._col = self._open()
-        except MemoryStoreError:
-            raise
+        except MemoryStoreError as exc:
+            if "vector index files are damaged" not in str(exc):
+                raise
+            self.repair(exc)
         except Exception as exc:
             # Most often a damaged or missing HNSW index: the records themselves (text and
             # metadata, in chroma.sqlite3) are rebuilt into a new index.
@@ -169,6 +173,8 @@ class VectorCollection:
             _stop_client(self.root)
             _recover(self.root)
             try:
+                if not _index_files_sane(self.root):
+                    raise MemoryStoreError("the vector index files are damaged (sizes do not match their header)")
                 self._client = _client(self.root)
                 self._col = self._attach()
             except Exception as exc:
@@ -401,6 +407,31 @@ def _write_store(root: Path, meta: dict[str, Any], ids: list, docs: list, metas:
     del col, client
     _stop_client(root)
     (root / ".complete").write_text("1")
+
+
+def _index_files_sane(root: Path) -> bool:
+    """Whether every persisted HNSW index under ``root`` has files of the sizes its header states.
+
+    chromadb's index reader trusts these files; a truncated or overwritten one can crash the
+    process in native code, so they are checked before chromadb opens them.
+    """
+    import struct
+
+    for header in root.glob("*/header.bin"):
+        seg = header.parent
+        try:
+            raw = header.read_bytes()
+            (_v, _off, max_el, count, per_el, _label, _data, _lvl, entry, *_rest) = struct.unpack_from("<IQQQQQQiIQQQdQ", raw)
+            level0 = (seg / "data_level0.bin").stat().st_size
+            lengths = (seg / "length.bin").stat().st_size
+            (seg / "link_lists.bin").stat()
+        except (OSError, struct.error):
+            return False
+        if len(raw) != 100 or count > max_el or level0 != max_el * per_el or lengths != max_el * 4:
+            return False
+        if count and entry >= count:
+            return False
+    return True
 
 
 def _salvage_rows(root: Path) -> dict[str, list]:

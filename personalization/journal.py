@@ -313,22 +313,26 @@ class Journal:
         return n
 
     # ------------------------------------------------------------ forgetting
-    def scrub(self, needles: Iterable[str], memory_ids: Iterable[str] = (), turn_ids: Iterable[str] = ()) -> dict[str, Any]:
+    def scrub(self, needles: Iterable[str], memory_ids: Iterable[str] = (), turn_ids: Iterable[str] = (),
+              words: Iterable[str] = ()) -> dict[str, Any]:
         """Delete the turns that said a forgotten text (or are named), rewrite those that quote it.
 
         A turn is deleted when its message contains a needle or its id is in ``turn_ids`` (the
         turn a forgotten memory came from). In every other turn the needle is replaced by
         ``[forgotten]`` in the prompt, reply and correction, and forgotten memory ids are dropped.
+        ``words`` (the distinctive words of a forgotten text: a code, a name) are replaced in
+        every field, the message included, since a reply or correction often quotes only them.
         Then the file is vacuumed and the WAL checkpointed and truncated.
         """
         pats = [_needle_re(n) for n in needles if n and n.strip()]
+        word_pats = [_needle_re(w) for w in words if w and w.strip()]
         forgotten_ids, named = set(memory_ids), set(turn_ids)
 
-        def hit(text: str | None) -> bool:
-            return bool(text) and any(p.search(text) for p in pats)
+        def hit(text: str | None, also_words: bool = True) -> bool:
+            return bool(text) and any(p.search(text) for p in pats + (word_pats if also_words else []))
 
         def scrub_text(text: str) -> str:
-            for p in pats:
+            for p in pats + word_pats:
                 text = p.sub(FORGOTTEN, text)
             return text
 
@@ -339,17 +343,17 @@ class Journal:
                 rows = self._db.execute("SELECT * FROM turns").fetchall()
                 for row in rows:
                     t = _turn(row)
-                    if t.id in named or hit(t.message):
+                    if t.id in named or hit(t.message, also_words=False):
                         self._db.execute("DELETE FROM turns WHERE id=?", (t.id,))
                         deleted.append(t.id)
                         continue
                     prompt = json.dumps(t.prompt)
                     mids = [m for m in t.memory_ids if m not in forgotten_ids]
-                    if hit(prompt) or hit(t.reply) or hit(t.correction) or mids != t.memory_ids:
+                    if hit(prompt) or hit(t.reply) or hit(t.correction) or hit(t.message) or mids != t.memory_ids:
                         new_prompt = [{k: scrub_text(v) if isinstance(v, str) else v for k, v in m.items()} for m in t.prompt]
                         self._db.execute(
-                            "UPDATE turns SET prompt=?, reply=?, correction=?, memory_ids=? WHERE id=?",
-                            (json.dumps(new_prompt), scrub_text(t.reply),
+                            "UPDATE turns SET message=?, prompt=?, reply=?, correction=?, memory_ids=? WHERE id=?",
+                            (scrub_text(t.message), json.dumps(new_prompt), scrub_text(t.reply),
                              scrub_text(t.correction) if t.correction else t.correction, json.dumps(mids), t.id),
                         )
                         rewritten.append(t.id)

@@ -68,7 +68,13 @@ def _commands(name: str, outside: Path) -> list[list[str]]:
     ]
 
 
-def test_no_command_writes_or_deletes_outside_the_data_dir(deep_home, tmp_path, capsys):
+def test_no_command_writes_or_deletes_outside_the_data_dir(deep_home, tmp_path, capsys, monkeypatch):
+    from assistant import engine
+
+    def refuse(*_a, **_k):  # a bad name must be refused before any model is loaded
+        raise AssertionError("a command with a bad name reached the model")
+
+    monkeypatch.setattr(engine.Engine, "load", staticmethod(refuse))
     outside = tmp_path / "scaffolds"
     outside.mkdir()
     before = _snapshot(tmp_path, deep_home)
