@@ -442,7 +442,11 @@ def _rowids(src: sqlite3.Connection, table: str) -> list[int]:
     """Row ids of ``table`` from whatever still reads: the table, its indexes, or a plain range."""
     found: set[int] = set()
     queries = [f"SELECT rowid FROM {table}"]
-    for (name,) in src.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?", (table,)).fetchall():
+    try:
+        indexes = src.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?", (table,)).fetchall()
+    except sqlite3.DatabaseError:  # not a database at all: nothing to salvage
+        return []
+    for (name,) in indexes:
         queries.append(f'SELECT rowid FROM {table} INDEXED BY "{name}"')
     for q in queries:
         try:
