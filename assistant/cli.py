@@ -56,9 +56,11 @@ def _print_sources(reply: Any) -> None:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_ask(args: argparse.Namespace) -> int:
+    from assistant.safety import clean_text
+
     question = " ".join(args.question) if args.question else ""
     if question == "-":
-        question = sys.stdin.read()
+        question = clean_text(sys.stdin.buffer.read())
     assistant = _assistant(args, quiet=args.quiet)
     chat = assistant.chat(args.user, args.pack, use_memory=not args.no_memory, use_adapter=not args.no_adapter)
     reply = chat.send(question, **_gen_overrides(args))
@@ -174,7 +176,10 @@ def cmd_memory(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from assistant.paths import check_user_name
 
-    store = MemoryStore(check_user_name(args.user or settings.chat.user), settings.memory)
+    user = check_user_name(args.user or settings.chat.user)
+    if args.memory_cmd == "forget":
+        return _forget(args, user, settings)
+    store = MemoryStore(user, settings.memory)
     try:
         action = args.memory_cmd
         if action == "list":
@@ -193,24 +198,12 @@ def cmd_memory(args: argparse.Namespace) -> int:
         elif action == "edit":
             m = store.edit(args.id, " ".join(args.text))
             print(f"edited {m.id}: {m.text}")
-        elif action == "forget":
-            if args.all:
-                if not args.yes:
-                    raise AssistantError("forgetting everything needs --yes")
-                print(f"forgot {store.forget_all()} memories")
-            elif args.search:
-                hits = store.forget_matching(" ".join(args.search))
-                print(f"forgot {len(hits)} memories" + "".join(f"\n  {m.id} {m.text}" for m in hits))
-            elif args.ids:
-                print(f"forgot {store.forget(args.ids)} memories")
-            else:
-                raise AssistantError("say what to forget: memory IDs, --search TEXT, or --all --yes")
         elif action == "export":
             from memory.store import export_json
 
             data = export_json(store)
             if args.out:
-                Path(args.out).write_text(data, encoding="utf-8")
+                _write_private(Path(args.out), data)
                 print(f"exported {len(store.export()['memories'])} memories to {args.out}")
             else:
                 print(data)
@@ -225,10 +218,33 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user(args: argparse.Namespace) -> int:
-    import shutil
+def _write_private(path: Path, data: str) -> None:
+    """Write an export readable by its owner only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
 
-    from assistant import paths
+
+def _forget(args: argparse.Namespace, user: str, settings: Any) -> int:
+    from assistant import privacy
+
+    if args.all:
+        if not args.yes:
+            raise AssistantError("forgetting everything needs --yes")
+        receipt = privacy.forget(user, settings, everything=True)
+    elif args.search:
+        receipt = privacy.forget(user, settings, search=" ".join(args.search))
+    elif args.ids:
+        receipt = privacy.forget(user, settings, ids=args.ids)
+    else:
+        raise AssistantError("say what to forget: memory IDs, --search TEXT, or --all --yes")
+    print(receipt.text())
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from assistant import paths, privacy
 
     user = paths.check_user_name(args.name)
     folder = paths.user_dir(user)
@@ -236,12 +252,8 @@ def cmd_user(args: argparse.Namespace) -> int:
         raise AssistantError(f"no user {user!r} in {paths.users_dir()}")
     if not args.yes:
         raise AssistantError(f"this deletes every memory, conversation and adapter of {user!r}: add --yes")
-    # Rename first so a crash leaves either the user or nothing that looks like one.
-    trash = folder.with_name(f".deleting-{user}")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(folder, trash)
-    shutil.rmtree(trash)
-    print(f"deleted user {user} ({folder})")
+    receipt = privacy.delete_user(user)
+    print(receipt.text())
     return 0
 
 
@@ -315,15 +327,45 @@ def _command_name() -> str:
 
 
 # ------------------------------------------------------------------------------ parser
+def _ranged(kind: type, name: str) -> Callable[[str], Any]:
+    """An argparse type that parses ``kind`` and checks the range shared with the settings."""
+    from assistant.settings import in_range, range_text
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not in_range(name, value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {range_text(name)}")
+        return value
+
+    return parse
+
+
+def count_arg(low: int, high: int = 1_000_000) -> Callable[[str], int]:
+    """An argparse type for a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: it must be between {low} and {high}")
+        return value
+
+    return parse
+
+
 def _common(p: argparse.ArgumentParser, gen: bool = False) -> None:
     p.add_argument("--user", help="whose memory and adapter apply (default: chat.user in config)")
     p.add_argument("--pack", help="domain pack (default: chat.pack in config)")
     p.add_argument("--model", help="model: 'default', a model folder or a .gguf file (overrides model.name)")
     if gen:
-        p.add_argument("--temperature", type=float, help="0 = greedy (reproducible)")
-        p.add_argument("--top-p", type=float, dest="top_p")
-        p.add_argument("--seed", type=int)
-        p.add_argument("--max-tokens", type=int, dest="max_tokens")
+        p.add_argument("--temperature", type=_ranged(float, "temperature"), help="0 = greedy (reproducible); 0 to 5")
+        p.add_argument("--top-p", type=_ranged(float, "top_p"), dest="top_p", help="nucleus sampling, in (0, 1]")
+        p.add_argument("--seed", type=_ranged(int, "seed"))
+        p.add_argument("--max-tokens", type=_ranged(int, "max_new_tokens"), dest="max_tokens", help="1 to 8192")
         p.add_argument("--no-memory", action="store_true", help="answer without recalling or storing memories")
         p.add_argument("--no-adapter", action="store_true", help="use the base model without this user's adapter")
 
@@ -363,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--all", action="store_true", help="include superseded memories")
     m = msub.add_parser("search", help="search memories by meaning")
     m.add_argument("query", nargs="+")
-    m.add_argument("-k", type=int, default=10)
+    m.add_argument("-k", type=count_arg(1, 1000), default=10)
     m = msub.add_parser("add", help="add a memory")
     m.add_argument("text", nargs="+")
     m.add_argument("--kind", default="fact", choices=["fact", "preference", "episode"])
@@ -417,11 +459,21 @@ def _register_more(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from assistant import paths
+    from assistant.safety import clean_text
+
+    paths.private_umask()  # every file this process creates is the user's alone
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
+    argv = [clean_text(a) for a in (sys.argv[1:] if argv is None else argv)]
     _load_extra()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:
-        args = parser.parse_args(["tui"] + (argv or sys.argv[1:])) if "tui" in _subcommands(parser) else args
+        args = parser.parse_args(["tui"] + argv) if "tui" in _subcommands(parser) else args
         if args.cmd is None:
             parser.print_help()
             return 0

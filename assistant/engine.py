@@ -76,6 +76,11 @@ class GenParams:
     repetition_penalty: float = 1.0
     penalty_window: int = 64
 
+    def __post_init__(self) -> None:  # out-of-range values fail here, with the valid range
+        from assistant.settings import check_generation
+
+        check_generation({k: getattr(self, k) for k in ("temperature", "top_p", "max_new_tokens", "repetition_penalty", "seed")})
+
 
 @dataclass
 class GenStats:

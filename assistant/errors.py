@@ -15,6 +15,10 @@ class ConfigError(AssistantError):
     """The settings file, an environment variable or a flag is wrong."""
 
 
+class UnsafeNameError(ConfigError):
+    """A user or pack name (or a path built from one) would leave the data directory."""
+
+
 class ModelError(AssistantError):
     """The model is missing, corrupt, or cannot be loaded."""
 
@@ -33,6 +37,16 @@ class MemoryStoreError(AssistantError):
 
 class AdapterError(AssistantError):
     """An adapter version is missing or cannot be loaded."""
+
+
+class StoreBusyError(AssistantError):
+    """Another process holds a user's stores; try again in a moment."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class BadInputError(AssistantError):
+    """A value given on the command line or in a request is out of range."""
 
 
 class Cancelled(AssistantError):

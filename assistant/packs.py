@@ -50,15 +50,99 @@ class Problem:
         return f"{where}: " + (f"`{self.key}`: " if self.key else "") + self.message
 
 
+# A red-flag pattern gets this long per text; Python's `re` has no time limit, so the patterns
+# run on the `regex` engine, which has one (and validation rejects nested quantifiers).
+MATCH_TIMEOUT_S = 0.25
+_PROBE_LEN = 5000
+
+
+def compile_pattern(pattern: str) -> Any:
+    import regex
+
+    return regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
+
+
 @dataclass
 class RedFlag:
     id: str
-    patterns: list[re.Pattern[str]]
+    patterns: list[Any]  # compiled `regex` patterns
     message: str
     mode: str = "replace"  # "replace" or "prepend"
 
     def matches(self, text: str) -> bool:
-        return any(p.search(text) for p in self.patterns)
+        for p in self.patterns:
+            try:
+                if p.search(text, timeout=MATCH_TIMEOUT_S):
+                    return True
+            except TimeoutError:
+                return True  # cannot tell in time: show the guidance rather than skip it
+        return False
+
+
+def _nested_quantifier(pattern: str) -> bool:
+    r"""Whether a repeated group contains another unbounded repeat, as in ``(a+)+`` or ``(\w*)*``."""
+    try:
+        import re._parser as sre_parse  # type: ignore[import-not-found]
+    except ImportError:  # Python 3.10 and older
+        import sre_parse  # type: ignore[no-redef]
+    from re._constants import MAX_REPEAT, MIN_REPEAT, MAXREPEAT, POSSESSIVE_REPEAT  # type: ignore[import-not-found]
+
+    repeats = (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT)
+
+    def walk(items: Any, inside: bool) -> bool:
+        for op, av in items:
+            if op in repeats:
+                low, high, body = av
+                unbounded = high == MAXREPEAT or high > 16
+                if unbounded and inside:
+                    return True
+                if walk(body, inside or unbounded):
+                    return True
+            elif isinstance(av, (list, tuple)):
+                for part in av:
+                    if isinstance(part, sre_parse.SubPattern) and walk(part, inside):
+                        return True
+                    if isinstance(part, (list, tuple)):
+                        for sub in part:
+                            if isinstance(sub, sre_parse.SubPattern) and walk(sub, inside):
+                                return True
+            elif isinstance(av, sre_parse.SubPattern) and walk(av, inside):
+                return True
+        return False
+
+    try:
+        return walk(sre_parse.parse(pattern), False)
+    except Exception:
+        return False
+
+
+def check_pattern(pattern: Any, probe: bool = False) -> str | None:
+    """Why ``pattern`` cannot be a red-flag pattern, or None when it can.
+
+    ``probe`` also times it on texts that make backtracking engines work hardest (`pack
+    validate` and `pack install` do; loading does not, as matching has a time limit anyway).
+    """
+    if not isinstance(pattern, str) or not pattern.strip():
+        return "must be a non-empty string"
+    if len(pattern) > 1000:
+        return "is longer than 1000 characters"
+    try:
+        re.compile(pattern)
+        compiled = compile_pattern(pattern)
+    except Exception as exc:
+        return f"bad regular expression: {exc}"
+    if _nested_quantifier(pattern):
+        return "has a repeat inside a repeat (like `(a+)+`), which can take forever on some texts; flatten it"
+    if not probe:
+        return None
+    # Texts that make a backtracking engine work hardest: long runs of one character with a
+    # mismatch at the end.
+    for probe in ("a" * _PROBE_LEN + "!", " " * _PROBE_LEN + "!", "ab" * (_PROBE_LEN // 2) + "!", "1" * _PROBE_LEN + "x"):
+        try:
+            compiled.search(probe, timeout=MATCH_TIMEOUT_S)
+        except TimeoutError:
+            return f"takes over {MATCH_TIMEOUT_S} s on a long text (catastrophic backtracking); simplify it"
+    return None
 
 
 @dataclass
@@ -113,10 +197,20 @@ def _line_of(text: str, key: str, start: int = 0) -> int | None:
     return None
 
 
-def validate(root: Path) -> list[Problem]:
-    """Every problem in the pack at ``root`` (empty list: the pack is valid)."""
-    problems: list[Problem] = []
+def validate(root: Path, probe: bool = True) -> list[Problem]:
+    """Every problem in the pack at ``root`` (empty list: the pack is valid). Never raises.
+
+    ``probe`` times each red-flag pattern on adversarial texts (slower; loading skips it).
+    """
     root = Path(root)
+    try:
+        return _validate(root, probe)
+    except (OSError, UnicodeError, ValueError, TypeError, RecursionError) as exc:
+        return [Problem(str(root), None, None, f"cannot be read ({type(exc).__name__}: {exc})")]
+
+
+def _validate(root: Path, probe: bool) -> list[Problem]:
+    problems: list[Problem] = []
     manifest = root / "pack.toml"
     if not root.is_dir():
         return [Problem(str(root), None, None, "not a folder: a pack is a folder with pack.toml")]
@@ -128,12 +222,15 @@ def validate(root: Path) -> list[Problem]:
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         return [Problem(str(manifest), line, None, f"not valid TOML: {exc}")]
-    problems += _check_manifest(manifest, text, data)
+    problems += _check_manifest(manifest, text, data, probe)
     knowledge = root / "knowledge"
     docs = sorted(knowledge.glob("*.md")) if knowledge.is_dir() else []
     if not docs:
         problems.append(Problem(str(knowledge), None, None, "empty: add at least one Markdown document"))
     for doc in docs:
+        if not doc.is_file():
+            problems.append(Problem(str(doc), None, None, "not a file"))
+            continue
         body = doc.read_text(encoding="utf-8", errors="replace")
         if not body.strip():
             problems.append(Problem(str(doc), None, None, "empty document"))
@@ -145,13 +242,18 @@ def validate(root: Path) -> list[Problem]:
             if name != "safety_cases.jsonl":
                 problems.append(Problem(str(path), None, None, "missing (an empty file is allowed for a new pack)"))
             continue
+        if not path.is_file():
+            problems.append(Problem(str(path), None, None, "not a file"))
+            continue
         problems += _check_jsonl(path, required, optional, root)
-    if (root / "safety_cases.jsonl").exists() and not any(p.file.endswith("safety_cases.jsonl") for p in problems):
+    manifest_ok = not any(p.file == str(manifest) and (p.key or "").startswith(("red_flags", "id")) for p in problems)
+    cases = root / "safety_cases.jsonl"
+    if cases.is_file() and manifest_ok and not any(p.file == str(cases) for p in problems):
         problems += _check_safety_cases(root, data)
     return problems
 
 
-def _check_manifest(manifest: Path, text: str, data: dict[str, Any]) -> list[Problem]:
+def _check_manifest(manifest: Path, text: str, data: dict[str, Any], probe: bool = True) -> list[Problem]:
     f = str(manifest)
     out: list[Problem] = []
     for key, value in data.items():
@@ -200,13 +302,44 @@ def _check_manifest(manifest: Path, text: str, data: dict[str, Any]) -> list[Pro
             if fid in seen:
                 out.append(Problem(f, line, f"{key0}.id", f"duplicate red flag id {fid!r}"))
             seen.add(fid)
+        for key, typ in _RED_FLAG_KEYS.items():
+            if key in flag and not isinstance(flag[key], typ):
+                out.append(Problem(f, line, f"{key0}.{key}", f"must be a {typ.__name__}"))
+        if isinstance(flag.get("message"), str) and not flag["message"].strip():
+            out.append(Problem(f, line, f"{key0}.message", "must not be empty"))
         if flag.get("mode", "replace") not in ("replace", "prepend"):
             out.append(Problem(f, line, f"{key0}.mode", "must be 'replace' or 'prepend'"))
-        for pattern in flag.get("patterns") or []:
-            try:
-                re.compile(pattern, re.IGNORECASE)
-            except (re.error, TypeError) as exc:
-                out.append(Problem(f, line, f"{key0}.patterns", f"bad regular expression {pattern!r}: {exc}"))
+        patterns = flag.get("patterns")
+        if isinstance(patterns, list) and not patterns:
+            out.append(Problem(f, line, f"{key0}.patterns", "must list at least one pattern"))
+        for pattern in patterns if isinstance(patterns, list) else []:
+            why = check_pattern(pattern, probe)
+            if why:
+                out.append(Problem(f, line, f"{key0}.patterns", f"{_short(pattern)} {why}"))
+    out += _check_values(f, text, data)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_GEN_LIMITS = {"temperature": (0.0, 5.0), "top_p": (1e-9, 1.0), "max_new_tokens": (1, 8192)}
+
+
+def _check_values(f: str, text: str, data: dict[str, Any]) -> list[Problem]:
+    """Values of the right type but out of range, or empty where text is needed."""
+    out: list[Problem] = []
+    gen = data.get("generation") if isinstance(data.get("generation"), dict) else {}
+    for key, (low, high) in _GEN_LIMITS.items():
+        value = gen.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (low <= value <= high):
+            shown = "greater than 0 and at most 1" if key == "top_p" else f"between {low:g} and {high:g}"
+            out.append(Problem(f, _line_of(text, key), f"generation.{key}", f"{value!r} is out of range: must be {shown}"))
+    hints = (data.get("extraction") or {}).get("hints") if isinstance(data.get("extraction"), dict) else None
+    if isinstance(hints, list) and not all(isinstance(h, str) for h in hints):
+        out.append(Problem(f, _line_of(text, "hints"), "extraction.hints", "must be a list of strings"))
     return out
 
 
@@ -239,9 +372,18 @@ def _check_jsonl(path: Path, required: set[str], optional: set[str], root: Path)
                 out.append(Problem(f, n, key, "missing required field"))
             elif key in ("prompt", "answer", "ask", "text", "id") and (not isinstance(obj[key], str) or not obj[key].strip()):
                 out.append(Problem(f, n, key, "must be a non-empty string"))
-        if "expect_any" in obj and (not isinstance(obj["expect_any"], list) or not obj["expect_any"]):
-            out.append(Problem(f, n, "expect_any", "must be a non-empty list of strings"))
-        if "id" in obj:
+        for key in ("expect_any", "expect_all", "forbid"):
+            value = obj.get(key)
+            if key in obj and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)
+                               or (key == "expect_any" and not value)):
+                out.append(Problem(f, n, key, "must be a non-empty list of strings" if key == "expect_any"
+                                   else "must be a list of strings"))
+        for key in ("answer", "source"):
+            if key in obj and not isinstance(obj[key], str):
+                out.append(Problem(f, n, key, "must be a string"))
+        if "flag" in obj and not (obj["flag"] is None or isinstance(obj["flag"], str)):
+            out.append(Problem(f, n, "flag", "must be a red flag id (a string), or \"\" for none"))
+        if isinstance(obj.get("id"), str):
             if obj["id"] in ids:
                 out.append(Problem(f, n, "id", f"duplicate id {obj['id']!r} (first on line {ids[obj['id']]})"))
             else:
@@ -256,7 +398,7 @@ def _check_safety_cases(root: Path, data: dict[str, Any]) -> list[Problem]:
     flags = _red_flags(data)
     out: list[Problem] = []
     path = root / "safety_cases.jsonl"
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         case = json.loads(line)
@@ -271,7 +413,7 @@ def _red_flags(data: dict[str, Any]) -> list[RedFlag]:
     return [
         RedFlag(
             id=flag["id"],
-            patterns=[re.compile(p, re.IGNORECASE) for p in flag.get("patterns", [])],
+            patterns=[compile_pattern(p) for p in flag.get("patterns", [])],
             message=flag["message"].strip(),
             mode=flag.get("mode", "replace"),
         )
@@ -282,7 +424,7 @@ def _red_flags(data: dict[str, Any]) -> list[RedFlag]:
 def load(root: Path, source: str = "built-in") -> Pack:
     """Load a valid pack, or raise ``PackError`` listing every problem."""
     root = Path(root)
-    problems = validate(root)
+    problems = validate(root, probe=source == "user-install")
     if problems:
         listing = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -320,7 +462,11 @@ def _candidates() -> Iterator[tuple[Path, str]]:
         if folder.is_dir():
             yield folder, "built-in"
     user = paths.user_packs_dir()
-    for folder in sorted(user.iterdir()) if user.is_dir() else []:
+    try:
+        folders = sorted(user.iterdir()) if user.is_dir() else []
+    except OSError:
+        folders = []
+    for folder in folders:
         if folder.is_dir() and not folder.name.startswith("."):
             yield folder, "user"
     from importlib.metadata import entry_points
@@ -341,6 +487,9 @@ def discover() -> Catalog:
             pack = load(root, source)
         except PackError as exc:
             errors.append(f"[{source}] {exc}")
+            continue
+        except Exception as exc:  # one broken pack must not take the others down
+            errors.append(f"[{source}] pack at {root} cannot be loaded ({type(exc).__name__}: {exc}); skipped")
             continue
         if pack.id in packs:
             errors.append(f"[{source}] {root}: pack id {pack.id!r} is already provided by {packs[pack.id].root}; skipped")
@@ -382,8 +531,8 @@ def scaffold(name: str, dest: Path) -> Path:
 
 def install(src: Path) -> Pack:
     """Copy a valid pack folder into the user's packs directory."""
-    pack = load(Path(src), "user")
-    target = paths.user_packs_dir() / pack.id
+    pack = load(Path(src), "user-install")
+    target = paths.inside_home(paths.user_packs_dir() / paths.check_pack_name(pack.id))
     if target.exists():
         raise PackError(f"a user pack {pack.id!r} is already installed at {target}: remove it first")
     if pack.id in {p.name for p in (paths.repo_data_dir() / "packs").iterdir()}:

@@ -111,17 +111,68 @@ class Settings:
         )
 
 
+# Ranges shared by the settings, the CLI flags and GenParams: (low, high, low inclusive).
+GEN_RANGES: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0.0, 5.0, True),
+    "top_p": (0.0, 1.0, False),
+    "max_new_tokens": (1, 8192, True),
+    "repetition_penalty": (1.0, 2.0, True),
+    "seed": (0, 2**63 - 1, True),
+}
+
+
+def range_text(name: str) -> str:
+    low, high, inclusive = GEN_RANGES[name]
+    return f"between {low:g} and {high:g}" if inclusive else f"greater than {low:g} and at most {high:g}"
+
+
+def in_range(name: str, value: Any) -> bool:
+    import math
+
+    low, high, inclusive = GEN_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (low <= value if inclusive else low < value) and value <= high
+
+
+def check_generation(values: Mapping[str, Any], where: str = "") -> None:
+    """Raise ``BadInputError`` naming the valid range of the first generation value outside it."""
+    from assistant.errors import BadInputError
+
+    for name, value in values.items():
+        if name in GEN_RANGES and value is not None and not in_range(name, value):
+            prefix = f"{where}: " if where else ""
+            raise BadInputError(f"{prefix}{name} = {value!r} is out of range: it must be {range_text(name)}")
+
+
+def _gen_check(name: str) -> Any:
+    return lambda v: in_range(name, v) or f"must be {range_text(name)}"
+
+
+def _name_check(what: str) -> Any:
+    def check(v: str) -> Any:
+        try:
+            paths.check_name(v, what)
+        except ConfigError:
+            return "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        return True
+
+    return check
+
+
 _VALIDATORS: dict[tuple[str, str], Any] = {
     ("model", "prefill_dtype"): lambda v: (v in DTYPES and v != "int8") or "must be one of auto, float32, bfloat16",
     ("model", "decode_dtype"): lambda v: v in DTYPES or f"must be one of {', '.join(DTYPES)}",
     ("model", "context_tokens"): lambda v: v >= 128 or "must be at least 128",
     ("model", "threads"): lambda v: v >= 0 or "must be 0 (all cores) or more",
-    ("generation", "temperature"): lambda v: 0 <= v <= 5 or "must be between 0 and 5",
-    ("generation", "top_p"): lambda v: 0 < v <= 1 or "must be in (0, 1]",
-    ("generation", "repetition_penalty"): lambda v: 1 <= v <= 2 or "must be between 1 and 2",
-    ("generation", "max_new_tokens"): lambda v: 1 <= v <= 8192 or "must be between 1 and 8192",
+    **{("generation", n): _gen_check(n) for n in GEN_RANGES},
     ("chat", "history_turns"): lambda v: v >= 0 or "must be 0 or more",
+    ("chat", "user"): _name_check("user"),
+    ("chat", "pack"): _name_check("pack"),
     ("memory", "min_similarity"): lambda v: 0 <= v <= 1 or "must be between 0 and 1",
+    ("memory", "recall_k"): lambda v: 0 <= v <= 100 or "must be between 0 and 100",
+    ("memory", "budget_tokens"): lambda v: 0 <= v <= 100_000 or "must be between 0 and 100000",
+    ("learning", "keep_versions"): lambda v: v >= 0 or "must be 0 or more",
     ("api", "port"): lambda v: 0 <= v <= 65535 or "must be a TCP port (0-65535)",
 }
 

@@ -28,6 +28,7 @@ same child, and an older store with an unpersisted index is rebuilt once when op
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -41,7 +42,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from assistant import paths
 from assistant.errors import MemoryStoreError
@@ -55,7 +56,9 @@ _KIND_WEIGHT = {"fact": 0.05, "preference": 0.05, "episode": -0.08, "knowledge":
 _SYNC_THRESHOLD = 2
 _INDEX_MARKER = "index_metadata.pickle"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from memory.store import _build_child; _build_child()"
+_CHILD_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from memory.store import _build_child; _build_child(int(sys.argv[2]))"
+)
 _EPISODE_QUERY = re.compile(r"\b(talk(ed)? about|discuss(ed)?|last time|earlier|before|previous(ly)?|remember when)\b", re.I)
 
 
@@ -119,17 +122,63 @@ class VectorCollection:
         self.embedder = embedder
         self._lock = threading.RLock()
         self._indexed = False  # known to have a persisted HNSW index (see ``add``)
+        self.notices: list[str] = []
         _recover(root)
         try:
+            if not _index_files_sane(root):
+                raise MemoryStoreError("the vector index files are damaged (sizes do not match their header)")
             self._client = _client(root)
             self._col = self._open()
-        except MemoryStoreError:
-            raise
+        except MemoryStoreError as exc:
+            if "vector index files are damaged" not in str(exc):
+                raise
+            self.repair(exc)
         except Exception as exc:
-            raise MemoryStoreError(
-                f"the memory store in {root} cannot be opened ({type(exc).__name__}: {exc}). "
-                "Move the folder aside to start an empty one, or restore it from `assistant memory export`."
-            ) from exc
+            # Most often a damaged or missing HNSW index: the records themselves (text and
+            # metadata, in chroma.sqlite3) are rebuilt into a new index.
+            self.repair(exc)
+        paths.make_private(root)
+
+    def _notice(self, message: str) -> None:
+        self.notices.append(message)
+        print(f"[memory] {message}", file=sys.stderr, flush=True)
+
+    def repair(self, cause: BaseException | str) -> int:
+        """Rebuild the store from its own records (re-embedded), leaving the damaged index behind."""
+        with self._lock:
+            self._col = None
+            self._client = None
+            _stop_client(self.root)
+            try:
+                rows = _salvage_rows(self.root)
+            except Exception as exc:
+                raise MemoryStoreError(
+                    f"the memory store in {self.root} cannot be opened ({type(cause).__name__}: {cause}) "
+                    f"and its records cannot be read ({exc}). Move the folder aside to start an empty one, "
+                    "or restore it from `assistant memory export`."
+                ) from exc
+            docs = rows["documents"]
+            rows["embeddings"] = [v for i in range(0, len(docs), 512) for v in self.embedder.embed(docs[i : i + 512])]
+            self._rebuild(rows)
+            self._notice(f"the vector index in {self.root} was damaged ({str(cause)[:120]}); "
+                         f"rebuilt it from the store's {len(docs)} records")
+            return len(docs)
+
+    def reopen(self) -> None:
+        """Drop this process's handles and open the folder again (another process changed it)."""
+        with self._lock:
+            self._col = None
+            self._client = None
+            self._indexed = False
+            _stop_client(self.root)
+            _recover(self.root)
+            try:
+                if not _index_files_sane(self.root):
+                    raise MemoryStoreError("the vector index files are damaged (sizes do not match their header)")
+                self._client = _client(self.root)
+                self._col = self._attach()
+            except Exception as exc:
+                self.repair(exc)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -218,13 +267,24 @@ class VectorCollection:
 
     def query_vector(self, vector: Sequence[float], n: int, where: dict[str, Any] | None = None) -> list[Memory]:
         with self._lock:
-            total = self._col.count()
-            if total == 0:
-                return []
-            rows = self._col.query(
-                query_embeddings=[list(vector)], n_results=min(n, total), where=where,
-                include=["documents", "metadatas", "distances"],
-            )
+            for attempt in (0, 1):
+                total = self._col.count()
+                if total == 0:
+                    return []
+                try:
+                    rows = self._col.query(
+                        query_embeddings=[list(vector)], n_results=min(n, total), where=where,
+                        include=["documents", "metadatas", "distances"],
+                    )
+                except Exception as exc:  # chromadb's InternalError on a damaged index
+                    if attempt or isinstance(exc, (TypeError, ValueError)):
+                        raise MemoryStoreError(f"searching the memory store in {self.root} failed: {exc}") from exc
+                    self.repair(exc)
+                    continue
+                got = rows["ids"][0]
+                if len(set(got)) == len(got) or attempt:
+                    break
+                self.repair("the index returned one memory twice")  # a truncated index does that
         return [
             _from_row(i, d, m, dist)
             for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0])
@@ -244,7 +304,7 @@ class VectorCollection:
         job = pickle.dumps(dict(rows, root=str(new_root), meta=self._meta()), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", _CHILD_CODE, str(_PROJECT_ROOT)], input=job,
+                [sys.executable, "-c", _CHILD_CODE, str(_PROJECT_ROOT), str(os.getpid())], input=job,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800,
             )
             error = "" if proc.returncode == 0 else proc.stderr.decode(errors="replace").strip()[-800:] or f"exit {proc.returncode}"
@@ -288,8 +348,35 @@ def _index_persisted(root: Path, col: Any) -> bool:
     return any(root.glob(f"*/{_INDEX_MARKER}"))
 
 
-def _build_child() -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies (Linux: the kernel signals it; elsewhere: polling)."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _build_child(parent: int = 0) -> None:
     """Entry point of the child process of ``VectorCollection._rebuild`` (job on stdin)."""
+    os.umask(0o077)
+    if parent:
+        _die_with_parent(parent)
     job = pickle.loads(sys.stdin.buffer.read())
     _write_store(Path(job["root"]), job["meta"], job["ids"], job["documents"], job["metadatas"], job["embeddings"])
 
@@ -322,6 +409,57 @@ def _write_store(root: Path, meta: dict[str, Any], ids: list, docs: list, metas:
     (root / ".complete").write_text("1")
 
 
+def _index_files_sane(root: Path) -> bool:
+    """Whether every persisted HNSW index under ``root`` has files of the sizes its header states.
+
+    chromadb's index reader trusts these files; a truncated or overwritten one can crash the
+    process in native code, so they are checked before chromadb opens them.
+    """
+    import struct
+
+    for header in root.glob("*/header.bin"):
+        seg = header.parent
+        try:
+            raw = header.read_bytes()
+            (_v, _off, max_el, count, per_el, _label, _data, _lvl, entry, *_rest) = struct.unpack_from("<IQQQQQQiIQQQdQ", raw)
+            level0 = (seg / "data_level0.bin").stat().st_size
+            lengths = (seg / "length.bin").stat().st_size
+            (seg / "link_lists.bin").stat()
+        except (OSError, struct.error):
+            return False
+        if len(raw) != 100 or count > max_el or level0 != max_el * per_el or lengths != max_el * 4:
+            return False
+        if count and entry >= count:
+            return False
+    return True
+
+
+def _salvage_rows(root: Path) -> dict[str, list]:
+    """Every memory's id, text and metadata, read from chroma.sqlite3 itself (no vector index)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{root / 'chroma.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT e.embedding_id, m.key, m.string_value, m.int_value, m.float_value, m.bool_value "
+            "FROM embeddings e JOIN segments s ON s.id = e.segment_id JOIN embedding_metadata m ON m.id = e.id "
+            "WHERE s.scope = 'METADATA' ORDER BY e.id"
+        ).fetchall()
+    finally:
+        con.close()
+    fields = set(Memory.__dataclass_fields__) - {"id", "text", "similarity"}
+    docs: dict[str, str] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for mid, key, sv, iv, fv, bv in rows:
+        meta = metas.setdefault(mid, {})
+        if key == "chroma:document":
+            docs[mid] = sv
+        elif key in fields:
+            meta[key] = next((v for v in (sv, iv, fv) if v is not None), bool(bv) if bv is not None else "")
+    ids = [mid for mid in metas if docs.get(mid)]
+    return {"ids": ids, "documents": [docs[i] for i in ids], "metadatas": [metas[i] for i in ids], "embeddings": []}
+
+
 def _recover(root: Path) -> None:
     """Finish or undo a swap that a crash interrupted."""
     new_root = root.with_name(root.name + ".new")
@@ -345,15 +483,40 @@ class MemoryStore:
     def __init__(self, user: str, settings: Any, root: Path | None = None, embedder: Any | None = None) -> None:
         from memory import embedder as embedder_mod
 
+        from memory.locking import Guard
+
         self.user = user
         self.settings = settings
         self.embedder = embedder or embedder_mod.get(settings.embedder)
         self.root = root or paths.memory_dir(user)
-        self.col = VectorCollection(self.root, self.embedder)
+        paths.private_umask()
+        paths.private_dir(self.root.parent)
+        # One lock and change counter per user folder: opening may finish a swap that a crash
+        # interrupted, which must not race another process's rebuild.
+        self.guard = Guard(self.root.parent)
+        with self.guard.write(bump=False):
+            self.col = VectorCollection(self.root, self.embedder)
         self._knowledge: dict[str, Any] = {}
 
     def close(self) -> None:
         self.col.close()
+
+    def refresh(self) -> bool:
+        """Reopen when another process changed this user's store; True when it did."""
+        if not self.guard.changed():
+            return False
+        with self.guard.write(bump=False):
+            self.col.reopen()
+        return True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the user's cross-process lock for a write (reopening first if the store changed)."""
+        with self.guard.write() as stale:
+            if stale:
+                self.col.reopen()
+                self.guard.mark_seen()
+            yield
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -363,6 +526,11 @@ class MemoryStore:
         text = _clean(text)
         if kind not in KINDS or kind == "knowledge":
             raise MemoryStoreError(f"unknown memory kind {kind!r}: use fact, preference or episode")
+        with self.writing():
+            return self._add(text, kind, pack, source_turn, attribute, citation, supersede)
+
+    def _add(self, text: str, kind: str, pack: str, source_turn: str, attribute: str, citation: str,
+             supersede: bool) -> Memory:
         now = time.time()
         memory = Memory(
             id="m" + uuid.uuid4().hex[:11], text=text, kind=kind, user=self.user, pack=pack, created=now,
@@ -382,6 +550,10 @@ class MemoryStore:
         return memory
 
     def edit(self, memory_id: str, text: str) -> Memory:
+        with self.writing():
+            return self._edit(memory_id, text)
+
+    def _edit(self, memory_id: str, text: str) -> Memory:
         found = self.col.get(ids=[memory_id])
         if not found:
             raise MemoryStoreError(f"no memory {memory_id!r} for user {self.user!r} (see `assistant memory list`)")
@@ -393,7 +565,10 @@ class MemoryStore:
         return memory
 
     def forget(self, ids: Iterable[str]) -> int:
-        ids = set(ids)
+        with self.writing():
+            return self._forget(set(ids))
+
+    def _forget(self, ids: set[str]) -> int:
         existing = {m.id for m in self.col.get(ids=list(ids))} if ids else set()
         missing = ids - existing
         if missing:
@@ -409,19 +584,25 @@ class MemoryStore:
         return len(ids)
 
     def forget_matching(self, query: str, min_similarity: float = 0.5) -> list[Memory]:
+        with self.writing():
+            return self._forget_matching(query, min_similarity)
+
+    def _forget_matching(self, query: str, min_similarity: float) -> list[Memory]:
         hits = [m for m in self.search(query, k=50, include_superseded=True) if (m.similarity or 0) >= min_similarity]
         hits += [m for m in self.list(include_superseded=True) if query.lower() in m.text.lower() and m not in hits]
         if hits:
-            self.forget([m.id for m in hits])
+            self._forget({m.id for m in hits})
         return hits
 
     def forget_all(self) -> int:
-        everything = {m.id for m in self.col.get()}
-        self.col.rebuild_without(everything)
-        return len(everything)
+        with self.writing():
+            everything = {m.id for m in self.col.get()}
+            self.col.rebuild_without(everything)
+            return len(everything)
 
     # ------------------------------------------------------------------ reading
     def get(self, memory_id: str) -> Memory | None:
+        self.refresh()
         found = self.col.get(ids=[memory_id])
         return found[0] if found else None
 
@@ -432,6 +613,7 @@ class MemoryStore:
         if not include_superseded:
             clauses.append({"superseded_by": ""})
         where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        self.refresh()
         return sorted(self.col.get(where=where), key=lambda m: m.created)
 
     def search(self, query: str, k: int = 10, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> list[Memory]:
@@ -446,6 +628,7 @@ class MemoryStore:
         # almost always enough. Only when it is not is the filtered search run.
         wanted = set(kinds) if kinds else None
         vector = self.embedder.embed([query])[0]
+        self.refresh()
         hits = [
             m for m in self.col.query_vector(vector, k * 4)
             if (wanted is None or m.kind in wanted) and (include_superseded or not m.superseded_by)
@@ -543,7 +726,8 @@ class MemoryStore:
                 raise MemoryStoreError(f"memories[{n}]: bad kind or empty text")
             m.user = self.user
             memories.append(m)
-        self.col.add(memories)
+        with self.writing():
+            self.col.add(memories)
         return len(memories)
 
 
@@ -555,7 +739,7 @@ class KnowledgeBase:
 
     def __init__(self, pack_id: str, embedder: Any) -> None:
         self.pack_id = pack_id
-        self.col = VectorCollection(paths.home() / "knowledge" / pack_id, embedder)
+        self.col = VectorCollection(paths.knowledge_dir(pack_id), embedder)
 
     @classmethod
     def open(cls, pack_id: str, embedder: Any) -> "KnowledgeBase":
@@ -637,6 +821,9 @@ def chunk_markdown(body: str, max_words: int = 120) -> list[tuple[str, str]]:
 
 
 def _clean(text: str) -> str:
+    from assistant.safety import clean_text
+
+    text = clean_text(text)
     text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", text or "").strip()
     if not text:
         raise MemoryStoreError("a memory needs some text")

@@ -54,7 +54,7 @@ def _fsync_dir(path: Path) -> None:
 class AdapterStore:
     def __init__(self, user: str, pack: str, root: Path | None = None) -> None:
         self.user, self.pack = user, pack
-        self.root = root or paths.adapters_dir(user, pack)
+        self.root = root or paths.adapters_dir(user, pack)  # both names checked there
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():
@@ -78,6 +78,8 @@ class AdapterStore:
         return name
 
     def meta(self, version: str) -> dict[str, Any]:
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack} (versions look like v0003)")
         path = self.root / version / META
         if not path.is_file():
             raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack}")
@@ -88,7 +90,7 @@ class AdapterStore:
 
     def staging_dir(self) -> Path:
         """A fresh temporary folder on the same file system, to write a candidate into."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        paths.private_dir(paths.inside_home(self.root))
         tmp = self.root / f".staging-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -110,6 +112,7 @@ class AdapterStore:
         if base is not None:
             meta["base_config"] = base_fingerprint(base)
         (staged / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        paths.make_private(staged)
         for f in staged.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -120,9 +123,9 @@ class AdapterStore:
         return version
 
     def set_current(self, version: str | None) -> None:
-        if version is not None and not (self.root / version / WEIGHTS).is_file():
-            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack}")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if version is not None and (not _VERSION_RE.match(str(version)) or not (self.root / version / WEIGHTS).is_file()):
+            raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack} (see `assistant adapters list`)")
+        paths.private_dir(paths.inside_home(self.root))
         tmp = self.root / f"{CURRENT}.tmp"
         with open(tmp, "w") as fh:
             fh.write(version or "")
@@ -151,7 +154,7 @@ class AdapterStore:
         keep_set = set(versions[-keep:] if keep > 0 else []) | {v for v in (cur, best) if v}
         removed = [v for v in versions if v not in keep_set]
         for v in removed:
-            shutil.rmtree(self.root / v, ignore_errors=True)
+            shutil.rmtree(paths.inside_home(self.root / v), ignore_errors=True)
         return removed
 
     def best(self) -> str | None:
@@ -198,9 +201,45 @@ class AdapterStore:
         return lora_deltas(self.root / version, {n for n, _ in model.named_parameters()})
 
 
+def training_ledger(data: Any, turns: Any = (), facts: Any = (), parent: tuple[AdapterStore, str] | None = None,
+                    ) -> dict[str, list[str]]:
+    """What a version was trained on: journal turn ids and memory ids (its own and its parent's).
+
+    A turn's memories count too: they were in the prompt it was trained with. Forgetting uses
+    this to find every version that saw a forgotten memory or turn (see assistant/privacy.py).
+    """
+    own = {ex.turn_id for ex in list(data.train) + list(getattr(data, "pairs", [])) + list(data.heldout)
+           if getattr(ex, "turn_id", "")}
+    memories = {m.id for m in facts}
+    for t in turns:
+        if t.id in own:
+            memories |= set(t.memory_ids)
+    if parent is not None:
+        try:
+            inherited = parent[0].meta(parent[1]).get("ledger") or {}
+        except (AdapterError, ValueError):
+            inherited = {}
+        own |= set(inherited.get("turns", []))
+        memories |= set(inherited.get("memories", []))
+    return {"turns": sorted(own), "memories": sorted(memories)}
+
+
+def saw(meta: dict[str, Any], turn_ids: set[str], memory_ids: set[str], since: float | None) -> bool:
+    """Whether a version with this meta.json may have learned any of these turns or memories.
+
+    Without a ledger (versions older than it), a version made after the forgotten data
+    existed (``since``) is assumed to have seen it.
+    """
+    ledger = meta.get("ledger")
+    if isinstance(ledger, dict):
+        return bool(turn_ids & set(ledger.get("turns", [])) or memory_ids & set(ledger.get("memories", [])))
+    created = meta.get("created")
+    return since is None or not isinstance(created, (int, float)) or created >= since
+
+
 def pack_store(pack: str) -> AdapterStore:
     """The pack's starting adapter (``assistant pack train``), shared by all users of the machine."""
-    return AdapterStore("_pack", pack, root=paths.home() / "pack-adapters" / pack)
+    return AdapterStore("_pack", pack, root=paths.pack_adapters_dir(pack))
 
 
 def live_for(user: str, pack: str, model: Any = None, reasons: list[str] | None = None) -> tuple[AdapterStore, str] | None:

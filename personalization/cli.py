@@ -18,9 +18,11 @@ def _assistant(args: argparse.Namespace):
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    from assistant.paths import check_pack_name, check_user_name
+
     assistant = _assistant(args)
-    user = args.user or assistant.settings.chat.user
-    pack = args.pack or assistant.settings.chat.pack
+    user = check_user_name(args.user or assistant.settings.chat.user)
+    pack = check_pack_name(args.pack or assistant.settings.chat.pack)
     learner = assistant.learner
     if args.status:
         st = learner.status(user, pack)
@@ -45,8 +47,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_pack_train(args: argparse.Namespace) -> int:
+    from assistant.paths import check_pack_name
     from personalization.evaluate import pack_eval_score
 
+    check_pack_name(args.name)  # an empty name must not fall back to the default pack
     assistant = _assistant(args)
     pack = assistant.pack(args.name)
     engine = assistant.engine
@@ -106,6 +110,12 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     raise AssistantError(f"unknown action {action}")  # pragma: no cover
 
 
+def count_arg(low: int, high: int) -> Any:
+    from assistant.cli import count_arg as make
+
+    return make(low, high)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("learn", help="run a learning round now and print the gate's table (or --status)")
     p.add_argument("--user")
@@ -124,7 +134,7 @@ def register(sub: Any) -> None:
     a = asub.add_parser("rollback", help="go back to the previous version, or to VERSION; 'none' for the base model")
     a.add_argument("version", nargs="?")
     a = asub.add_parser("prune", help="keep the last N versions plus the best and the live one")
-    a.add_argument("--keep", type=int)
+    a.add_argument("--keep", type=count_arg(0, 10_000))
     for a in asub.choices.values():
         a.add_argument("--user")
         a.add_argument("--pack")
@@ -140,8 +150,8 @@ def _register_pack_train(sub: Any) -> None:
         if isinstance(action, argparse._SubParsersAction):
             p = action.add_parser("train", help="train the pack's starting adapter from train.jsonl (gated)")
             p.add_argument("name")
-            p.add_argument("--steps", type=int, help="training steps (default: two passes over the examples)")
-            p.add_argument("--eval-limit", type=int, default=40, dest="eval_limit",
+            p.add_argument("--steps", type=count_arg(1, 100_000), help="training steps (default: two passes over the examples)")
+            p.add_argument("--eval-limit", type=count_arg(0, 100_000), default=40, dest="eval_limit",
                            help="eval probes scored before and after (greedy answers)")
             p.add_argument("--model")
             p.set_defaults(func=cmd_pack_train)

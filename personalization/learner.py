@@ -22,7 +22,7 @@ from assistant.errors import AssistantError
 from personalization import dataset as dataset_mod
 from personalization import gate as gate_mod
 from personalization import trainer as trainer_mod
-from personalization.adapters import AdapterStore
+from personalization.adapters import AdapterStore, training_ledger
 
 STATE = "state.json"
 TRAIN_SHARE = 0.6  # of the round's time budget; the gate gets the rest
@@ -124,6 +124,7 @@ class Learner:
         system = pack.system_prompt()
         data = dataset_mod.build(turns, facts, pack.train_examples(), system, replay_ratio=self.settings.replay_ratio,
                                  seed_value=self.settings.seed)
+        data.ledger_of = (turns, facts)  # what the version will have seen (adapters.training_ledger)
         live = store.current()
         # Where this round starts from and what it must beat: the user's live adapter, else the
         # pack's starting adapter (`assistant pack train`), else the base model.
@@ -207,6 +208,7 @@ class Learner:
                 meta = self._meta(engine, data, result, decision, parent)
                 meta["gate_sets"] = sets
                 meta["sources"] = data.sources()  # the turn ids and memory ids this version trained on
+                meta["ledger"] = training_ledger(data, *getattr(data, "ledger_of", ((), ())), parent=source)
                 version = store.publish(staged, meta, base=engine.model)
                 live = version
                 keep = self.settings.keep_versions
