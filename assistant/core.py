@@ -27,9 +27,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 def clean_message(message: str) -> str:
     """Drop control characters (binary junk) and surrounding space; refuse an empty message."""
-    if isinstance(message, bytes):
-        message = message.decode("utf-8", errors="replace")
-    text = _CONTROL_RE.sub("", message).strip()
+    text = _CONTROL_RE.sub("", safety.clean_text(message)).strip()
     if not text:
         raise PromptError("the message is empty: type a question or statement")
     return text
