@@ -143,3 +143,25 @@ def copy_pack(name: str, dest: Path) -> Path:
     target = dest / name
     shutil.copytree(ROOT / "data" / "packs" / name, target)
     return target
+
+
+@pytest.fixture(autouse=True)
+def no_markup_in_real_answers(request, monkeypatch):
+    """In the real tier, no answer may carry the prompt's internal markup: a note id ("[m1]") or a
+    knowledge file name. Sources travel as data (``Reply.sources``)."""
+    if "real" not in request.keywords:
+        yield
+        return
+    import re
+
+    from assistant import core
+
+    original = core.Reply.__iter__
+
+    def checked(self):
+        yield from original(self)
+        assert not re.search(r"\[m\d+\]", self.text), f"an answer shows a note id: {self.text!r}"
+        assert not re.search(r"\b[\w-]+\.md\b", self.text), f"an answer shows a file name: {self.text!r}"
+
+    monkeypatch.setattr(core.Reply, "__iter__", checked)
+    yield

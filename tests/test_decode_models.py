@@ -83,3 +83,17 @@ def test_model_chat_template_setting_is_used(tmp_path, tiny_tokenizer, home):
     s.model.chat_template = str(tmp_path / "missing.jinja")
     with pytest.raises(ModelError, match="not a file"):
         Engine.load(s)
+
+
+def test_switching_the_model_with_an_adapter_present_answers_with_a_notice(home, tiny_tokenizer):
+    """A user's adapter from the old model is skipped (no crash), the answer comes, and the user is told."""
+    from assistant.core import Assistant
+
+    old = make_tiny_model(tiny_tokenizer)
+    _publish(AdapterStore("cat", "general"), make_tiny_model(tiny_tokenizer), base=old)
+    new = Engine(make_tiny_model(tiny_tokenizer, "qwen2"), tiny_tokenizer, name="tiny-qwen", context_tokens=256)
+    a = Assistant(settings_mod.load(env={}), engine=new)
+    reply = a.chat("cat", "general", use_memory=False).send("Hello there, how are you", temperature=0, max_new_tokens=4)
+    reply.collect()
+    assert reply.stats.completion_tokens >= 1 and reply.adapter is None
+    assert reply.notices and "assistant learn --user cat --pack general" in reply.notices[0]
