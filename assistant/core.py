@@ -271,16 +271,21 @@ class Chat:
             if check.prefix:
                 yield check.prefix
             ids = built.ids
+            room = True
             if plan.lead:
                 ids = ids + engine.tokenizer(plan.lead, add_special_tokens=False)["input_ids"]
                 reply.grounding = "notes"
+                room = len(ids) + 16 <= engine.context_tokens  # else the notes' sentences are the answer
                 yield plan.lead
-            stream = GroundedStream(engine, ids, params, self.kv, cancel, plan, support=self._support(text, plan))
-            for chunk in stream:
-                yield chunk
-            model_text = plan.lead + stream.text
-            reply.stats = stream.stats
-            reply.withheld = stream.withheld
+            model_text = plan.lead
+            reply.stats.finish_reason = "stop"
+            if room:
+                stream = GroundedStream(engine, ids, params, self.kv, cancel, plan, support=self._support(text, plan))
+                for chunk in stream:
+                    yield chunk
+                model_text = plan.lead + stream.text
+                reply.stats = stream.stats
+                reply.withheld = stream.withheld
         facts = [m.text for m in store.list(kinds=("fact", "preference"))] if store is not None else []
         tail = "" if check.replace is not None else safety.after(self.pack, model_text, facts, check.flags)
         if tail:
