@@ -125,8 +125,8 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
     plan.recalled = recalled + _to_recalled(notes)
     for i, r in enumerate(plan.recalled, 1):
         r.short_id = f"m{i}"
-    lead_ids = set(order) if plan.lead else set()
-    plan.used = [r for r in plan.recalled if r.kind != "knowledge" or r.memory_id in lead_ids or not plan.lead]
+    # Everything the model was shown can be in its answer (the lead's notes first): all are sources.
+    plan.used = list(plan.recalled)
     return plan
 
 
