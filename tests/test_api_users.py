@@ -66,8 +66,16 @@ def test_key_matrix_other_user_is_403_and_audited(server):
     assert len(seen) == len(keys) * 2 * len(NEEDS)
     # nothing was written for bob
     assert not (paths.users_dir() / OTHER).exists()
-    audit = [json.loads(line) for line in (paths.api_dir() / "audit.log").read_text().splitlines()]
-    denied = [e for e in audit if e.get("denied") == "user"]
+    import time
+
+    deadline = time.monotonic() + 10  # the audit line is written as the response finishes
+    while True:
+        audit = [json.loads(line) for line in (paths.api_dir() / "audit.log").read_text().splitlines()]
+        denied = [e for e in audit if e.get("denied") == "user"]
+        if len(denied) >= len(NEEDS) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(denied) == len(NEEDS), sorted(e["endpoint"] for e in denied)
     assert len(denied) == len(NEEDS) and all(e["user"] == OTHER and e["status"] == 403 for e in denied)
 
 
