@@ -141,7 +141,9 @@ class Assistant:
         values.update({k: v for k, v in pack.generation.items() if k in values})
         g = self.settings.generation
         user_set = getattr(self.settings, "user_set", set())
-        values.update({k: getattr(g, k) for k in names if f"generation.{k}" in user_set})
+        # what the user set (even to the default's value), or what a caller changed in place
+        values.update({k: getattr(g, k) for k in names
+                       if f"generation.{k}" in user_set or getattr(g, k) != getattr(defaults, k)})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return GenParams(**values)
 

@@ -231,7 +231,7 @@ def note_sentences(embedder: Any, question: str, chunks: Sequence[Any], top: int
         heading = chunk.citation.partition(" > ")[2] if getattr(chunk, "citation", "") else ""
         context = " - ".join(x for x in (title, heading) if x)
         for sent in split_sentences(body):
-            if 3 <= len(sent.split()) <= 80:
+            if 2 <= len(sent.split()) <= 80:  # list items such as "France: Paris." count
                 items.append((sent, f"{context}: {sent}" if context else sent, chunk))
     if not items:
         return []
