@@ -24,15 +24,20 @@ QUANT_SCHEME = "int8-per-row-v1"  # change when int8.Int8Linear.load_float chang
 BUSY_LOAD_PER_CPU = 0.75  # a 1-minute load average above this per core: timings are suspect
 
 
-def machine_id() -> str:
+def cpu_name() -> str:
+    """The CPU model, as calibration keys name it (no torch needed)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine_id() -> str:
+    cpu = cpu_name()
     import torch
 
     # dtypes=3: int8 decode is timed through the hand-written decode step (assistant/decode.py)

@@ -147,14 +147,9 @@ def _calibrated(folder: Path | None) -> bool:
         torch_version = version("torch")
     except (OSError, ValueError, PackageNotFoundError):
         return False
-    cpu = "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from assistant.calibration import cpu_name
+
+    cpu = cpu_name()
     return any(key.startswith(cpu + "|") and f"|torch={torch_version}|" in key for key in known)
 
 
