@@ -49,7 +49,13 @@ class Plan:
     style: list[str] = field(default_factory=list)  # the user's stated answer-style preferences
     max_sentences: int | None = None
     check_numbers: bool = False
-    constraint: Any = None  # a grammar for the decode loop (structured output): the model's reply as is
+    constraint: Any = None  # for the decode loop: a grammar (structured output), a logprob recorder
+
+    @property
+    def shaped(self) -> bool:
+        """A grammar shapes the reply (structured output): the model's reply as is, unchecked.
+        A recorder alone (logprobs) leaves the answer as it would be without it."""
+        return self.constraint is not None and getattr(self.constraint, "shapes_output", True)
 
 
 def sentence_limit(style: Sequence[str]) -> int | None:
@@ -204,7 +210,7 @@ class GroundedStream:
                                      constraint=self.plan.constraint)
         else:
             gen = self.engine.stream(self.ids, self.params, session=self.session, cancel=inner)
-        buffered = self.plan.constraint is None and (
+        buffered = not self.plan.shaped and (
             self.plan.check_numbers or self.plan.max_sentences is not None or bool(self.plan.lead))
         buf = ""
         stopped_by_us = False

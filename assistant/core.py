@@ -233,11 +233,12 @@ class Chat:
         check = safety.before(self.pack, text)
         store = self.assistant.memory(self.user) if self.use_memory else None
         plan = Plan()
-        if check.replace is None and scripted_reply is None and constraint is None:  # an emergency answer needs no recall
+        plan.constraint = constraint
+        if check.replace is None and scripted_reply is None and not plan.shaped:  # an emergency answer needs no recall
             plan = plan_answer(self, text, store)
+            plan.constraint = constraint
         elif store is not None and check.replace is None:
             plan.recalled = store_recall(self, text, store)
-        plan.constraint = constraint
         sent = prompt_mod.user_block(text, plan.recalled, plan.style)
         reply = Reply(iter(()), memories=plan.used or plan.recalled, flags=check.flags)
         reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides, plan)
@@ -263,6 +264,10 @@ class Chat:
             model_text = plan.answer
             reply.stats.finish_reason = plan.kind
             reply.grounding = plan.kind
+            if hasattr(plan.constraint, "prompt_ids"):  # logprobs asked: scored after the prompt the model would have had
+                self._select_adapter(engine, reply)
+                plan.constraint.prompt_ids = prompt_mod.build(
+                    engine, self.pack.system_prompt(), self.history[-self._max_turns():], sent, params.max_new_tokens).ids
             yield plan.answer
         else:
             self._select_adapter(engine, reply)
@@ -273,19 +278,25 @@ class Chat:
             if check.prefix:
                 yield check.prefix
             ids = built.ids
+            if hasattr(plan.constraint, "prompt_ids"):
+                plan.constraint.prompt_ids = ids
             room = True
+            lead: list[int] = []
             if plan.lead:
-                ids = ids + engine.tokenizer(plan.lead, add_special_tokens=False)["input_ids"]
+                lead = engine.tokenizer(plan.lead, add_special_tokens=False)["input_ids"]
+                room = len(ids) + len(lead) + 16 <= engine.context_tokens  # else the notes' sentences are the answer
                 reply.grounding = "notes"
-                room = len(ids) + 16 <= engine.context_tokens  # else the notes' sentences are the answer
                 yield plan.lead
             model_text = plan.lead
             reply.stats.finish_reason = "stop"
+            reply.stats.prompt_tokens = len(ids)
             if room:
-                stream = GroundedStream(engine, ids, params, self.kv, cancel, plan, support=self._support(text, plan))
+                stream = GroundedStream(engine, ids + lead, params, self.kv, cancel, plan,
+                                        support=self._support(text, plan))
                 for chunk in stream:
                     yield chunk
                 model_text = plan.lead + stream.text
+                stream.stats.prompt_tokens -= len(lead)  # the lead is the answer's, not the prompt's
                 reply.stats = stream.stats
                 reply.withheld = stream.withheld
         facts = [m.text for m in store.list(kinds=("fact", "preference"))] if store is not None else []

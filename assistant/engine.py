@@ -488,6 +488,18 @@ class Engine:
         answer_lp = token_lp[len(prompt) - 1 :]
         return float(answer_lp.sum()), int(answer_lp.numel())
 
+    def forced_logits(self, prefix: Sequence[int], forced: Sequence[int]) -> Any:
+        """The logits the sampler would have seen before each token of ``forced`` after ``prefix``
+        (one row per forced token): text the answer copies, scored as if the model produced it."""
+        torch = self._torch
+        ids = list(prefix) + list(forced)
+        if not prefix or len(ids) > self.context_tokens:
+            raise PromptError(f"cannot score {len(forced)} tokens after a {len(prefix)}-token prompt "
+                              f"in a {self.context_tokens}-token context")
+        with self.lock, torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+        return logits[len(prefix) - 1 : len(ids) - 1]
+
     # ----------------------------------------------------------------- adapters
     def set_adapter(self, adapter_id: str | None, deltas: dict[str, Any] | None) -> None:
         """Merge LoRA ``deltas`` (parameter name -> weight delta, float32) into the weights.

@@ -259,8 +259,10 @@ class LogprobRecorder:
         self.inner = inner
         self.top = top
         self._tokenizer = engine.tokenizer
+        self._engine = engine
         self._last: Any = None
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []  # as sampled
+        self.prompt_ids: list[int] | None = None  # set by the chat: what copied text is scored after
 
     def mask(self, logits: Any) -> Any:
         import torch
@@ -270,14 +272,50 @@ class LogprobRecorder:
         self._last = torch.log_softmax(logits.float(), dim=-1)
         return logits
 
+    @property
+    def shapes_output(self) -> bool:
+        """False when only recording: the reply is the one it would be without logprobs."""
+        return self.inner is not None
+
+    def matched(self, text: str) -> list[dict[str, Any]]:
+        """The recorded entries that spell the start of ``text`` (a grounded answer may start
+        with copied notes and drop sampled sentences, so the two can part)."""
+        out, pos = [], 0
+        for entry in self.entries:
+            piece = self.token_text(entry["token_id"])
+            if not piece or not text.startswith(piece, pos):
+                break
+            out.append(entry)
+            pos += len(piece)
+        return out
+
+    def for_text(self, text: str) -> list[dict[str, Any]]:
+        """Entries for exactly the tokens of ``text``, the answer as the user got it: the sampled
+        ones where they spell it, the rest (copied notes, a fixed answer, a notice) scored by the
+        model after ``prompt_ids`` as if it had produced them."""
+        import torch
+
+        out = self.matched(text)
+        rest = text[sum(len(self.token_text(e["token_id"])) for e in out):]
+        if rest and self.prompt_ids is not None:
+            tokens = self._tokenizer(rest, add_special_tokens=False)["input_ids"]
+            prefix = list(self.prompt_ids) + [e["token_id"] for e in out]
+            tokens = tokens[: max(0, self._engine.context_tokens - len(prefix))]
+            if tokens:
+                for row, token in zip(self._engine.forced_logits(prefix, tokens), tokens):
+                    out.append(self._entry(torch.log_softmax(row.float(), dim=-1), token))
+        return out
+
     def accept(self, token: int) -> bool:
-        lp = self._last
+        self.entries.append(self._entry(self._last, token))
+        return self.inner.accept(token) if self.inner is not None else False
+
+    def _entry(self, lp: Any, token: int) -> dict[str, Any]:
         entry = {"token_id": int(token), "logprob": float(lp[int(token)]), "top": []}
         if self.top:
             values, idx = lp.topk(self.top)
             entry["top"] = [(int(i), float(v)) for v, i in zip(values.tolist(), idx.tolist())]
-        self.entries.append(entry)
-        return self.inner.accept(token) if self.inner is not None else False
+        return entry
 
     def token_text(self, token_id: int) -> str:
         return self._tokenizer.decode([token_id], skip_special_tokens=False)

@@ -38,8 +38,10 @@ def finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def usage(stats: Any) -> dict[str, int]:
-    p, c = stats.prompt_tokens, stats.completion_tokens
+def usage(stats: Any, answer_tokens: int | None = None) -> dict[str, int]:
+    """Token counts; ``answer_tokens``, when given, is the completion: a grounded answer's
+    copied notes count, the sampled sentences it dropped do not."""
+    p, c = stats.prompt_tokens, stats.completion_tokens if answer_tokens is None else answer_tokens
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
@@ -158,12 +160,12 @@ async def chat_completions(request: Request, c: Ctx = Depends(ctx)):
 
     s, reply = await c.worker.run(run)
     message, finish = message_of(s, reply)
-    lp = {"content": logprob_items(s.constraint, s.constraint.entries), "refusal": None} if req.logprobs else None
+    lp = {"content": logprob_items(s.constraint, _entries(s, message)), "refusal": None} if req.logprobs else None
     body: dict[str, Any] = {
         "id": f"chatcmpl-{reply.turn_id}", "object": "chat.completion", "created": int(time.time()),
         "model": req.model, "system_fingerprint": None,
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": lp}],
-        "usage": usage(reply.stats), "turn_id": reply.turn_id, "user": s.user,
+        "usage": usage(reply.stats, _answer_tokens(c, s, message)), "turn_id": reply.turn_id, "user": s.user,
     }
     if "memory:read" in scopes(request):
         body["sources"] = sources(reply)
@@ -171,11 +173,27 @@ async def chat_completions(request: Request, c: Ctx = Depends(ctx)):
     return body
 
 
+def _answer_tokens(c: Ctx, s: Started, message: dict[str, Any]) -> int | None:
+    if s.structure.kind != "text":
+        return None  # the sampled tokens are the answer
+    return c.assistant.engine.count_tokens(message.get("content") or message.get("refusal") or "")
+
+
+def _entries(s: Started, message: dict[str, Any], final: bool = True, text: str | None = None) -> list[dict[str, Any]]:
+    """The logprob entries of a reply: for plain text, those of the text the user got (grounding
+    may copy notes and drop sampled sentences); for structured output, the sampled tokens."""
+    if s.structure.kind != "text":
+        return s.constraint.entries
+    text = (message.get("content") or message.get("refusal") or "") if text is None else text
+    return s.constraint.for_text(text) if final else s.constraint.matched(text)
+
+
 def _events(s: Started, reply: Any, want_logprobs: bool) -> Iterator[tuple[str, Any]]:
     """Deltas, computed on the worker thread (the constraint is not shared with the event loop)."""
     kind = s.structure.kind
     tools = ToolStream() if kind == "tools" else None
     seen_lp = 0
+    shown = ""
     chunks = iter(reply)
     try:
         first = [next(chunks)]  # a prompt that does not fit fails here, before any byte is sent
@@ -185,15 +203,17 @@ def _events(s: Started, reply: Any, want_logprobs: bool) -> Iterator[tuple[str, 
     for chunk in itertools.chain(first, chunks):
         if kind == "text":
             deltas = [{"content": chunk}] if chunk else []
+            shown += chunk
         elif reply.stats.finish_reason == "safety":
             deltas = [{"refusal": chunk}] if chunk else []
         else:
             piece = s.constraint.take_text()
             deltas = (tools.push(piece) if tools is not None else [{"content": piece}]) if piece else []
         lp = None
-        if want_logprobs and len(s.constraint.entries) > seen_lp:
-            lp = logprob_items(s.constraint, s.constraint.entries[seen_lp:])
-            seen_lp = len(s.constraint.entries)
+        entries = _entries(s, {}, final=False, text=shown) if want_logprobs else []
+        if len(entries) > seen_lp:
+            lp = logprob_items(s.constraint, entries[seen_lp:])
+            seen_lp = len(entries)
         for i, delta in enumerate(deltas):
             yield ("delta", (delta, lp if i == 0 else None))
     if kind != "text" and reply.stats.finish_reason != "safety":
@@ -202,6 +222,10 @@ def _events(s: Started, reply: Any, want_logprobs: bool) -> Iterator[tuple[str, 
             yield ("delta", (delta, None))
     message, finish = message_of(s, reply)
     content = message.get("content") or ""
+    if want_logprobs and kind == "text":  # what the sampled tokens did not spell: scored, sent last
+        rest = _entries(s, message)[seen_lp:]
+        if rest:
+            yield ("delta", ({"content": ""}, logprob_items(s.constraint, rest)))
     if tools is not None and tools.call is None and content.startswith(tools.seen):
         tail = content[len(tools.seen):]  # a text answer's safety notice
         if tail:
@@ -250,7 +274,8 @@ async def _stream(c: Ctx, request: Request, req: ChatRequest):
                 yield chunk({}, finish, **extra)
                 if include_usage:
                     yield streaming.sse({"id": stream_id, "object": "chat.completion.chunk", "created": created,
-                                         "model": req.model, "choices": [], "usage": usage(reply.stats)})
+                                         "model": req.model, "choices": [],
+                                         "usage": usage(reply.stats, _answer_tokens(c, s, message))})
                 return
             else:  # an error after the stream started: reported in-band
                 yield streaming.error_event(value)
