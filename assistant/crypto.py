@@ -36,6 +36,7 @@ from assistant.errors import EncryptionError, LockedError, WrongPassphraseError
 
 STATE_FILE = "encryption.json"
 ENV = "ASSISTANT_PASSPHRASE"
+EXPORT_ENV = "ASSISTANT_EXPORT_PASSPHRASE"  # an export's passphrase, when not this data directory's
 TEXT_PREFIX = "enc1:"  # a sealed text: this prefix, then base64url(nonce | ciphertext | tag)
 TOKEN_PREFIX = "tok1:"
 BLOB_MAGIC = b"PAENC1\n"  # a sealed file: these bytes, then nonce | ciphertext | tag
@@ -356,16 +357,17 @@ def open_export(data: Any, home: Path | None = None) -> Any:
     """An export's JSON: a sealed one opened (with this data directory's passphrase), a plain one as it is."""
     if not is_envelope(data):
         return data
-    secret = find_passphrase(home)
+    secret = os.environ.get(EXPORT_ENV) or find_passphrase(home)
     if not secret:
-        raise LockedError(f"this export is encrypted: set {ENV} to the passphrase of the data directory it came "
-                          "from; nothing was imported")
+        raise LockedError(f"this export is encrypted: set {EXPORT_ENV} (or {ENV}) to the passphrase of the data "
+                          "directory it came from; nothing was imported")
     if not isinstance(data.get("kdf"), dict) or not isinstance(data.get("wrapped_key"), str):
         raise EncryptionError("the encrypted export is damaged (no key record); nothing was imported")
     try:
         key = open_key(data, secret, home)
     except WrongPassphraseError:
-        raise WrongPassphraseError(f"the passphrase in {ENV} does not open this export: nothing was imported") from None
+        raise WrongPassphraseError(f"the passphrase does not open this export: set {EXPORT_ENV} to the passphrase of "
+                                   "the data directory it came from; nothing was imported") from None
     body = key.open(_unb64(data.get("ciphertext"), "the export"), "export")
     return json.loads(body.decode("utf-8"))
 

@@ -357,7 +357,7 @@ def load(
 # ASSISTANT_* variables that are not settings: the data directory, the lock wait, and the
 # encryption passphrases (assistant/crypto.py), which never go into a settings object.
 _NOT_SETTINGS = frozenset({"ASSISTANT_HOME", "ASSISTANT_LOCK_WAIT_S", "ASSISTANT_PASSPHRASE",
-                           "ASSISTANT_NEW_PASSPHRASE"})
+                           "ASSISTANT_NEW_PASSPHRASE", "ASSISTANT_EXPORT_PASSPHRASE"})
 
 
 def to_toml(settings: Settings) -> str:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from assistant import crypto, paths
-from assistant.errors import MemoryStoreError
+from assistant.errors import EncryptionError, MemoryStoreError
 from memory import sealed
 
 SCHEMA_VERSION = 1
@@ -142,6 +142,8 @@ class VectorCollection:
             if "vector index files are damaged" not in str(exc):
                 raise
             self.repair(exc)
+        except EncryptionError:
+            raise  # sealed rows without their key: not damage, and nothing may be rewritten
         except Exception as exc:
             # Most often a damaged or missing HNSW index: the records themselves (text and
             # metadata, in chroma.sqlite3) are rebuilt into a new index.
