@@ -530,15 +530,20 @@ class MemoryStore:
         if not self.guard.changed():
             return False
         with self.guard.write(bump=False):
-            self.col.reopen()
+            self._reopen()
         return True
+
+    def _reopen(self) -> None:
+        # Another process may have turned encryption on or off (and converted the store).
+        self.col.key, self.col.seal = crypto.stores_key()
+        self.col.reopen()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the user's cross-process lock for a write (reopening first if the store changed)."""
         with self.guard.write() as stale:
             if stale:
-                self.col.reopen()
+                self._reopen()
                 self.guard.mark_seen()
             yield
 

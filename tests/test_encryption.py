@@ -124,11 +124,18 @@ def test_turning_encryption_on_then_off_keeps_every_turn_memory_and_adapter(home
     before = _read_back(settings)
     deltas = _deltas(tiny_tokenizer, data["version"])
     assert _files_with(home, SECRET) and _files_with(home, SISTER)  # plain before
+    from memory.store import MemoryStore
+
+    held = MemoryStore("alice", settings.memory)  # open elsewhere (a TUI) while it is converted
     monkeypatch.setenv(crypto.ENV, PASS)
     assert main(["encryption", "on"]) == 0
     out = capsys.readouterr().out
     assert "alice: journal encrypted, memories encrypted, 1 adapter version(s) encrypted" in out
-    assert _files_with(home, SECRET) == [] and _files_with(home, SISTER) == []
+    assert len(held.list()) == 3  # it reopened the converted store, with the key
+    bees = held.add("I keep bees in Tromsø.", "fact")
+    assert _files_with(home, SECRET) == [] and _files_with(home, SISTER) == [] and _files_with(home, "bees") == []
+    held.forget([bees.id])
+    held.close()
     assert not list(home.rglob("*.convert")) and not list(home.rglob("memory.old"))
     assert _read_back(settings) == before
     after = _deltas(tiny_tokenizer, data["version"])
