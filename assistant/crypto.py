@@ -47,6 +47,7 @@ _WRAP_AAD = b"personal-assistant data key v1"
 _NONCE = 12
 _cache: dict[tuple[str, str, bytes], "DataKey"] = {}
 _cache_lock = threading.Lock()
+_keyring_seen: dict[str, str | None] = {}  # data directory -> passphrase, asked once a process
 
 
 class DataKey:
@@ -313,13 +314,18 @@ def keyring_available() -> bool:
 
 
 def keyring_get(home: Path | None = None) -> str | None:
+    where = str(home or paths.home())
+    if where in _keyring_seen:
+        return _keyring_seen[where]
     kr = _keyring()
     if kr is None:
         return None
     try:
-        return kr.get_password(KEYRING_SERVICE, str(home or paths.home()))
-    except Exception:
+        found = kr.get_password(KEYRING_SERVICE, where)
+    except Exception:  # a locked or broken backend: as if it held nothing
         return None
+    _keyring_seen[where] = found
+    return found
 
 
 def keyring_set(passphrase: str, home: Path | None = None) -> None:
@@ -327,9 +333,11 @@ def keyring_set(passphrase: str, home: Path | None = None) -> None:
     if kr is None:
         raise EncryptionError(f"no OS keyring here (install `keyring` with a backend); set {ENV} instead")
     kr.set_password(KEYRING_SERVICE, str(home or paths.home()), passphrase)
+    _keyring_seen[str(home or paths.home())] = passphrase
 
 
 def keyring_delete(home: Path | None = None) -> bool:
+    _keyring_seen.pop(str(home or paths.home()), None)
     kr = _keyring()
     if kr is None:
         return False

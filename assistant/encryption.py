@@ -38,6 +38,9 @@ def users() -> list[str]:
 
 def turn_on(passphrase: str, settings: Any) -> list[str]:
     """Encrypt this data directory (or finish an interrupted `on`); lines saying what was done."""
+    from personalization.journal_db import require_sqlcipher
+
+    require_sqlcipher()  # missing: said now, before the data directory is marked encrypted
     state = crypto.read_state()
     if state is None:
         crypto.create(passphrase)
@@ -115,7 +118,7 @@ def export_text(store: Any, plain: bool = False) -> str:
 
     text = export_json(store)
     key, seal = crypto.stores_key()
-    return crypto.seal_export(text, key) if seal and not plain else text
+    return crypto.seal_export(text, key) if key is not None and seal and not plain else text
 
 
 def import_data(path: Path) -> Any:

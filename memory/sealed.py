@@ -105,7 +105,7 @@ def to_form(rows: dict[str, list], key: crypto.DataKey | None, seal: bool) -> di
     """``rows`` (ids, documents, metadatas, embeddings as the store holds them) in the form asked
     for: every row sealed, or every row plain."""
     out = dict(rows, documents=[], metadatas=[])
-    for mid, doc, meta in zip(rows["ids"], rows["documents"], rows["metadatas"]):
+    for mid, doc, meta in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True):
         doc, meta = plain_row(key, mid, doc, meta)
         doc, meta = stored_row(key, seal, mid, doc, meta)
         out["documents"].append(doc)
@@ -115,4 +115,4 @@ def to_form(rows: dict[str, list], key: crypto.DataKey | None, seal: bool) -> di
 
 def plain_documents(rows: dict[str, list], key: crypto.DataKey | None) -> list[str]:
     """The memories' texts of ``rows`` (to embed them)."""
-    return [open_doc(key, mid, doc) for mid, doc in zip(rows["ids"], rows["documents"])]
+    return [open_doc(key, mid, doc) for mid, doc in zip(rows["ids"], rows["documents"], strict=True)]

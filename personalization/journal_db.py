@@ -26,7 +26,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 TABLES = ("conversations", "turns")
 
 
-def _sqlcipher() -> Any:
+def require_sqlcipher() -> Any:
     try:
         from sqlcipher3 import dbapi2
     except ImportError:
@@ -65,7 +65,7 @@ def connect(target: str | Path, key: crypto.DataKey | None, **kwargs: Any) -> An
 
 def _cipher_connect(target: str | Path, key: crypto.DataKey | None, **kwargs: Any) -> Any:
     """A sqlcipher3 connection, keyed, or unkeyed for a plain file (ATTACH ... KEY needs one)."""
-    db = _sqlcipher().connect(str(target), **kwargs)
+    db = require_sqlcipher().connect(str(target), **kwargs)
     try:
         if key is not None:
             db.execute(f'PRAGMA key = "{key.sqlcipher_key}"')  # hex digits only: safe to format in
