@@ -163,9 +163,10 @@ def mode(home: Path | None = None) -> str:
 
 
 def unlock_hint(home: Path | None = None) -> str:
+    keyring = ("run `assistant encryption unlock` to keep it in the OS keyring" if keyring_available() else
+               "`pip install keyring` and run `assistant encryption unlock` to keep it in the OS keyring")
     return (f"this data directory ({home or paths.home()}) is encrypted: set {ENV} to its passphrase "
-            f"(for example `read -rs {ENV} && export {ENV}`), or run `assistant encryption unlock` to keep "
-            "it in the OS keyring. Nothing was read or changed.")
+            f"(for example `read -rs {ENV} && export {ENV}`), or {keyring}. Nothing was read or changed.")
 
 
 def data_key(home: Path | None = None, passphrase: str | None = None) -> DataKey | None:
