@@ -199,20 +199,18 @@ def cmd_memory(args: argparse.Namespace) -> int:
             m = store.edit(args.id, " ".join(args.text))
             print(f"edited {m.id}: {m.text}")
         elif action == "export":
-            from memory.store import export_json
+            from assistant.encryption import export_text
 
-            data = export_json(store)
+            data = export_text(store, plain=args.plain)
             if args.out:
                 _write_private(Path(args.out), data)
                 print(f"exported {len(store.export()['memories'])} memories to {args.out}")
             else:
                 print(data)
         elif action == "import":
-            try:
-                data = json.loads(Path(args.file).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise AssistantError(f"cannot read {args.file}: {exc}") from exc
-            print(f"imported {store.import_(data)} memories")
+            from assistant.encryption import import_data
+
+            print(f"imported {store.import_(import_data(Path(args.file)))} memories")
     finally:
         store.close()
     return 0
@@ -419,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--yes", action="store_true")
     m = msub.add_parser("export", help="write all memories as JSON")
     m.add_argument("--out", help="file (default: standard output)")
+    m.add_argument("--plain", action="store_true", help="plain JSON even when the data directory is encrypted")
     m = msub.add_parser("import", help="read memories from an export")
     m.add_argument("file")
     for m in msub.choices.values():
@@ -502,7 +501,8 @@ def _load_extra() -> None:
 
     if _EXTRA:
         return
-    for module in ("personalization.cli", "assistant.api_cli", "tui.cli", "personalization.bench_cli", "federated.cli"):
+    for module in ("personalization.cli", "assistant.api_cli", "tui.cli", "personalization.bench_cli", "federated.cli",
+                   "assistant.encryption_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -37,6 +37,11 @@ class Assistant:
     """Shared state for every chat: the engine is loaded lazily, once."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None, progress: Callable[[str], None] | None = None) -> None:
+        from assistant import crypto
+
+        # An encrypted data directory without its passphrase (or with a wrong one) stops here,
+        # with how to unlock it, before the model loads or any store is opened.
+        crypto.stores_key()
         self.settings = settings
         self._engine = engine
         self._progress = progress

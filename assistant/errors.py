@@ -45,6 +45,22 @@ class StoreBusyError(AssistantError):
     exit_code = 75  # EX_TEMPFAIL
 
 
+class EncryptionError(AssistantError):
+    """The data directory's encryption cannot be used as asked (see assistant/crypto.py)."""
+
+
+class LockedError(EncryptionError):
+    """The data directory is encrypted and no passphrase was given."""
+
+    exit_code = 77  # EX_NOPERM
+
+
+class WrongPassphraseError(EncryptionError):
+    """The passphrase does not open the data directory's key; nothing was read or changed."""
+
+    exit_code = 77
+
+
 class BadInputError(AssistantError):
     """A value given on the command line or in a request is out of range."""
 

@@ -341,7 +341,7 @@ def load(
                 _apply(settings, section, key, value, f"{path}{_line_of(text, key)}")
     env = os.environ if env is None else env
     for name, value in sorted(env.items()):
-        if not name.startswith("ASSISTANT_") or name == "ASSISTANT_HOME":
+        if not name.startswith("ASSISTANT_") or name in _NOT_SETTINGS:
             continue
         rest = name[len("ASSISTANT_"):].lower()
         section, _, key = rest.partition("_")
@@ -352,6 +352,12 @@ def load(
         section, _, key = dotted.partition(".")
         _apply(settings, section, key, value, f"option --{key.replace('_', '-')}")
     return settings
+
+
+# ASSISTANT_* variables that are not settings: the data directory, the lock wait, and the
+# encryption passphrases (assistant/crypto.py), which never go into a settings object.
+_NOT_SETTINGS = frozenset({"ASSISTANT_HOME", "ASSISTANT_LOCK_WAIT_S", "ASSISTANT_PASSPHRASE",
+                           "ASSISTANT_NEW_PASSPHRASE", "ASSISTANT_EXPORT_PASSPHRASE"})
 
 
 def to_toml(settings: Settings) -> str:

@@ -24,6 +24,10 @@ threshold of 2 and the child makes sure the index is persisted, so later process
 after the swap included) load the index from disk and only ever write initialised elements.
 An empty store has no index (reading it creates none); the first add to it goes through the
 same child, and an older store with an unpersisted index is rebuilt once when opened.
+
+When the data directory is encrypted, a user's store keeps texts sealed (``memory/sealed.py``):
+rows are sealed before they reach chromadb (or the rebuild child) and opened after they leave
+it; a plain store is rebuilt sealed when it is opened (and back, while encryption is turned off).
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from assistant import paths
-from assistant.errors import MemoryStoreError
+from assistant import crypto, paths
+from assistant.errors import EncryptionError, MemoryStoreError
+from memory import sealed
 
 SCHEMA_VERSION = 1
 COLLECTION = "memories"
@@ -115,11 +120,15 @@ def _client(path: Path):
 
 
 class VectorCollection:
-    """A chromadb collection with our contract (cosine, embedder recorded, re-embed on change)."""
+    """A chromadb collection with our contract (cosine, embedder recorded, re-embed on change).
 
-    def __init__(self, root: Path, embedder: Any) -> None:
+    ``key``/``seal``: the data directory's key and whether rows are kept sealed (None/False:
+    plain, as pack knowledge always is)."""
+
+    def __init__(self, root: Path, embedder: Any, key: crypto.DataKey | None = None, seal: bool = False) -> None:
         self.root = root
         self.embedder = embedder
+        self.key, self.seal = key, seal
         self._lock = threading.RLock()
         self._indexed = False  # known to have a persisted HNSW index (see ``add``)
         self.notices: list[str] = []
@@ -133,6 +142,8 @@ class VectorCollection:
             if "vector index files are damaged" not in str(exc):
                 raise
             self.repair(exc)
+        except EncryptionError:
+            raise  # sealed rows without their key: not damage, and nothing may be rewritten
         except Exception as exc:
             # Most often a damaged or missing HNSW index: the records themselves (text and
             # metadata, in chroma.sqlite3) are rebuilt into a new index.
@@ -157,9 +168,9 @@ class VectorCollection:
                     f"and its records cannot be read ({exc}). Move the folder aside to start an empty one, "
                     "or restore it from `assistant memory export`."
                 ) from exc
-            docs = rows["documents"]
+            docs = sealed.plain_documents(rows, self.key)
             rows["embeddings"] = [v for i in range(0, len(docs), 512) for v in self.embedder.embed(docs[i : i + 512])]
-            self._rebuild(rows)
+            self._rebuild(sealed.to_form(rows, self.key, self.seal))
             self._notice(f"the vector index in {self.root} was damaged ({str(cause)[:120]}); "
                          f"rebuilt it from the store's {len(docs)} records")
             return len(docs)
@@ -183,7 +194,7 @@ class VectorCollection:
     def _meta(self) -> dict[str, Any]:
         return {
             "hnsw:space": "cosine", "hnsw:sync_threshold": _SYNC_THRESHOLD, "embedder": self.embedder.id,
-            "dim": self.embedder.dim, "schema": SCHEMA_VERSION,
+            "dim": self.embedder.dim, "schema": SCHEMA_VERSION, **({"sealed": True} if self.seal else {}),
         }
 
     def _attach(self):
@@ -198,6 +209,9 @@ class VectorCollection:
         meta = col.metadata or {}
         if meta.get("embedder") != self.embedder.id or meta.get("dim") != self.embedder.dim:
             self._reembed(col)
+        elif bool(meta.get("sealed")) != self.seal:  # encryption turned on (or off): rewrite every row
+            rows = self._rows(col, col.get(include=[])["ids"], with_embeddings=True)
+            self._rebuild(sealed.to_form(rows, self.key, self.seal), shred=self.seal)
         elif col.count() and not _index_persisted(self.root, col):
             # Written before the index was persisted eagerly: have a clean child process create
             # the index, or this process would (with its heap in it) at every open.
@@ -206,9 +220,9 @@ class VectorCollection:
 
     def _reembed(self, old) -> None:
         rows = self._rows(old, old.get(include=[])["ids"], with_embeddings=False)
-        docs = rows["documents"]
+        docs = sealed.plain_documents(rows, self.key)
         rows["embeddings"] = [v for i in range(0, len(docs), 512) for v in self.embedder.embed(docs[i : i + 512])]
-        self._rebuild(rows)
+        self._rebuild(sealed.to_form(rows, self.key, self.seal))
 
     @staticmethod
     def _rows(col, ids: Sequence[str], with_embeddings: bool) -> dict[str, list]:
@@ -232,6 +246,7 @@ class VectorCollection:
             return
         with self._lock:
             vectors = embeddings if embeddings is not None else self.embedder.embed([m.text for m in memories])
+            stored = [sealed.stored_row(self.key, self.seal, m.id, m.text, m.metadata()) for m in memories]
             self._indexed = self._indexed or _index_persisted(self.root, self._col)
             if not self._indexed:
                 # No vector index yet (a new or emptied store): chromadb would create it here,
@@ -241,31 +256,38 @@ class VectorCollection:
                 kept = [i for i, mid in enumerate(rows["ids"]) if mid not in fresh]
                 rows = {k: [v[i] for i in kept] for k, v in rows.items()}
                 rows["ids"] += [m.id for m in memories]
-                rows["documents"] += [m.text for m in memories]
-                rows["metadatas"] += [m.metadata() for m in memories]
+                rows["documents"] += [doc for doc, _ in stored]
+                rows["metadatas"] += [meta for _, meta in stored]
                 rows["embeddings"] += [[float(x) for x in v] for v in vectors]
                 self._rebuild(rows)
                 return
             for i in range(0, len(memories), 1000):
-                part = memories[i : i + 1000]
+                part, rows = memories[i : i + 1000], stored[i : i + 1000]
                 self._col.upsert(
-                    ids=[m.id for m in part], documents=[m.text for m in part],
-                    metadatas=[m.metadata() for m in part], embeddings=list(vectors[i : i + 1000]),
+                    ids=[m.id for m in part], documents=[doc for doc, _ in rows],
+                    metadatas=[meta for _, meta in rows], embeddings=list(vectors[i : i + 1000]),
                 )
 
     def update_meta(self, memories: Sequence[Memory]) -> None:
         with self._lock:
-            self._col.update(ids=[m.id for m in memories], metadatas=[m.metadata() for m in memories])
+            metas = [sealed.stored_row(self.key, self.seal, m.id, "", m.metadata())[1] for m in memories]
+            self._col.update(ids=[m.id for m in memories], metadatas=metas)
+
+    def _memory(self, mid: str, doc: Any, meta: Any, distance: float | None = None) -> Memory:
+        doc, meta = sealed.plain_row(self.key, mid, doc, meta)
+        return _from_row(mid, doc, meta or {}, distance)
 
     def get(self, ids: Sequence[str] | None = None, where: dict[str, Any] | None = None) -> list[Memory]:
+        where = sealed.seal_where(self.key, where) if self.seal else where
         with self._lock:
             rows = self._col.get(ids=list(ids) if ids is not None else None, where=where, include=["documents", "metadatas"])
-        return [_from_row(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"])]
+        return [self._memory(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"])]
 
     def query(self, text: str, n: int, where: dict[str, Any] | None = None) -> list[Memory]:
         return self.query_vector(self.embedder.embed([text])[0], n, where)
 
     def query_vector(self, vector: Sequence[float], n: int, where: dict[str, Any] | None = None) -> list[Memory]:
+        where = sealed.seal_where(self.key, where) if self.seal else where
         with self._lock:
             for attempt in (0, 1):
                 total = self._col.count()
@@ -286,7 +308,7 @@ class VectorCollection:
                     break
                 self.repair("the index returned one memory twice")  # a truncated index does that
         return [
-            _from_row(i, d, m, dist)
+            self._memory(i, d, m, dist)
             for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0])
         ]
 
@@ -296,8 +318,9 @@ class VectorCollection:
             keep = [mid for mid in self._col.get(include=[])["ids"] if mid not in drop]
             self._rebuild(self._rows(self._col, keep, with_embeddings=True))
 
-    def _rebuild(self, rows: dict[str, list]) -> None:
-        """Have a fresh process write ``rows`` as a new store in ``<root>.new``; swap it in."""
+    def _rebuild(self, rows: dict[str, list], shred: bool = False) -> None:
+        """Have a fresh process write ``rows`` as a new store in ``<root>.new``; swap it in
+        (``shred``: zero the old folder's files before removing them: it held plain text)."""
         new_root = self.root.with_name(self.root.name + ".new")
         old_root = self.root.with_name(self.root.name + ".old")
         shutil.rmtree(new_root, ignore_errors=True)
@@ -320,7 +343,7 @@ class VectorCollection:
         os.replace(self.root, old_root)  # from here on, _recover finishes the swap
         os.replace(new_root, self.root)
         (self.root / ".complete").unlink(missing_ok=True)
-        shutil.rmtree(old_root, ignore_errors=True)
+        crypto.shred_tree(old_root) if shred else shutil.rmtree(old_root, ignore_errors=True)
         self._client = _client(self.root)
         self._col = self._attach()
 
@@ -447,7 +470,7 @@ def _salvage_rows(root: Path) -> dict[str, list]:
         ).fetchall()
     finally:
         con.close()
-    fields = set(Memory.__dataclass_fields__) - {"id", "text", "similarity"}
+    fields = set(Memory.__dataclass_fields__) - {"id", "text", "similarity"} | {sealed.SEALED}
     docs: dict[str, str] = {}
     metas: dict[str, dict[str, Any]] = {}
     for mid, key, sv, iv, fv, bv in rows:
@@ -485,6 +508,7 @@ class MemoryStore:
 
         from memory.locking import Guard
 
+        key, seal = crypto.stores_key()  # locked or a wrong passphrase: refused before anything is touched
         self.user = user
         self.settings = settings
         self.embedder = embedder or embedder_mod.get(settings.embedder)
@@ -495,7 +519,7 @@ class MemoryStore:
         # interrupted, which must not race another process's rebuild.
         self.guard = Guard(self.root.parent)
         with self.guard.write(bump=False):
-            self.col = VectorCollection(self.root, self.embedder)
+            self.col = VectorCollection(self.root, self.embedder, key, seal)
         self._knowledge: dict[str, Any] = {}
 
     def close(self) -> None:
@@ -506,15 +530,20 @@ class MemoryStore:
         if not self.guard.changed():
             return False
         with self.guard.write(bump=False):
-            self.col.reopen()
+            self._reopen()
         return True
+
+    def _reopen(self) -> None:
+        # Another process may have turned encryption on or off (and converted the store).
+        self.col.key, self.col.seal = crypto.stores_key()
+        self.col.reopen()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the user's cross-process lock for a write (reopening first if the store changed)."""
         with self.guard.write() as stale:
             if stale:
-                self.col.reopen()
+                self._reopen()
                 self.guard.mark_seen()
             yield
 

@@ -7,6 +7,12 @@
 
 A version folder is complete before it gets its final name, and CURRENT only ever names a
 complete folder, so a crash at any moment leaves the old or the new state.
+
+When the data directory is encrypted, a user's ``adapter_model.safetensors`` is sealed
+(AES-GCM, ``assistant/crypto.py``) under the same name and opened into memory to load:
+``read_weights``, ``load_peft`` and ``lora_deltas`` read either form. meta.json and
+adapter_config.json stay plain: they hold ids, numbers and settings, never the user's words.
+Pack adapters (``pack-adapters/``) are trained on a pack's shipped data and stay plain.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from assistant import paths
+from assistant import crypto, paths
 from assistant.errors import AdapterError
 
 CURRENT = "CURRENT"
@@ -54,6 +60,7 @@ def _fsync_dir(path: Path) -> None:
 class AdapterStore:
     def __init__(self, user: str, pack: str, root: Path | None = None) -> None:
         self.user, self.pack = user, pack
+        self.user_data = root is None  # a user's own adapters: sealed when the data directory is encrypted
         self.root = root or paths.adapters_dir(user, pack)  # both names checked there
 
     def versions(self) -> list[str]:
@@ -112,6 +119,9 @@ class AdapterStore:
         if base is not None:
             meta["base_config"] = base_fingerprint(base)
         (staged / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        key, seal = crypto.stores_key() if self.user_data else (None, False)
+        if seal and (staged / WEIGHTS).is_file():
+            seal_weights(staged, key)
         paths.make_private(staged)
         for f in staged.iterdir():
             with open(f, "rb") as fh:
@@ -262,11 +272,10 @@ def live_for(user: str, pack: str, model: Any = None, reasons: list[str] | None 
 def _adapter_shapes(folder: Path) -> dict[str, tuple[int | None, int | None]]:
     """Base parameter name -> (rows, columns) the adapter's B and A imply, from the file header."""
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(folder / WEIGHTS), framework="pt") as fh:
-            keys = list(fh.keys())
-            shapes = {k: fh.get_slice(k).get_shape() for k in keys}
+        data = read_weights(folder)
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
     except Exception:
         return {}
     out: dict[str, tuple[int | None, int | None]] = {}
@@ -278,12 +287,60 @@ def _adapter_shapes(folder: Path) -> dict[str, tuple[int | None, int | None]]:
     return out
 
 
+def read_weights(folder: Path) -> bytes:
+    """The bytes of a version's safetensors file, opened first when it is sealed."""
+    data = (Path(folder) / WEIGHTS).read_bytes()
+    if not crypto.is_sealed_blob(data):
+        return data
+    key = crypto.data_key()
+    if key is None:
+        raise AdapterError(f"the adapter in {folder} is encrypted, but {crypto.state_path()} is missing: "
+                           "restore it from a backup of the data directory")
+    return key.open(data, "adapter-weights")
+
+
+def seal_weights(folder: Path, key: crypto.DataKey | None, seal: bool = True) -> bool:
+    """Rewrite a version's weights sealed (or plain); False when they already were. Atomic per
+    file (a temporary file, fsync, rename); the old file's bytes are zeroed."""
+    path = Path(folder) / WEIGHTS
+    data = path.read_bytes()
+    if crypto.is_sealed_blob(data) == seal:
+        return False
+    if key is None:
+        raise AdapterError(f"the adapter in {folder} is encrypted and no key is unlocked")
+    crypto.replace_file(path, key.seal(data, "adapter-weights") if seal else key.open(data, "adapter-weights"))
+    return True
+
+
+def load_peft(base: Any, folder: Path, trainable: bool) -> Any:
+    """A peft model of ``base`` with the adapter in ``folder`` (sealed weights opened in memory)."""
+    from peft import PeftConfig, PeftModel, set_peft_model_state_dict
+
+    if not _sealed_file(Path(folder) / WEIGHTS):
+        return PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
+    from safetensors.torch import load
+
+    config = PeftConfig.from_pretrained(str(folder))
+    config.inference_mode = not trainable
+    model = PeftModel(base, config)
+    set_peft_model_state_dict(model, load(read_weights(folder)))
+    if not trainable:
+        model.eval()
+    return model
+
+
+def _sealed_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return crypto.is_sealed_blob(fh.read(len(crypto.BLOB_MAGIC)))
+
+
 def lora_deltas(folder: Path, param_names: set[str]) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     try:
         config = json.loads((folder / CONFIG).read_text())
-        tensors = load_file(str(folder / WEIGHTS))
+        sealed = _sealed_file(folder / WEIGHTS)
+        tensors = load(read_weights(folder)) if sealed else load_file(str(folder / WEIGHTS))
     except (OSError, ValueError) as exc:
         raise AdapterError(f"cannot read the adapter in {folder}: {exc}") from exc
     rank = int(config.get("r", 8))

@@ -8,6 +8,7 @@ Writes run under the user's cross-process lock (``memory/locking.py``). A journa
 cannot read is moved aside (``journal.sqlite3.damaged-<time>``) and its readable rows are copied
 into a fresh one. ``scrub`` is how forgetting reaches the journal: it deletes or rewrites every
 row quoting a forgotten text, then vacuums and checkpoints so no free page or WAL frame keeps it.
+When the data directory is encrypted the file is an SQLCipher database (``journal_db.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from assistant import paths
+from assistant import crypto, paths
 from assistant.errors import AssistantError
 from memory.locking import user_lock
+from personalization import journal_db
 
 FORGOTTEN = "[forgotten]"
 
@@ -92,20 +94,25 @@ class Journal:
     def __init__(self, user: str, path: Path | None = None) -> None:
         self.user = user
         self.path = path or paths.journal_file(user)
+        crypto.stores_key()  # locked or a wrong passphrase: refused before anything is touched
         paths.private_umask()
         paths.private_dir(self.path.parent)
         self._lock = threading.Lock()
         self.notices: list[str] = []
+        self._key: crypto.DataKey | None = None
         try:
             self._connect()
-        except sqlite3.DatabaseError as exc:
+        except journal_db.db_errors() as exc:
             self._salvage(exc)
 
     def _connect(self) -> None:
+        key, seal = crypto.stores_key()
+        with user_lock(self.path.parent):  # a plain journal is encrypted first when encryption is on
+            self._key = journal_db.prepare(self.path, key, seal)
         if not self.path.exists():  # created 0600, so its -wal and -shm files are too
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         paths.make_private(self.path)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=15)
+        self._db = journal_db.connect(self.path, self._key, check_same_thread=False, isolation_level=None, timeout=15)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA secure_delete=ON")
@@ -130,12 +137,12 @@ class Journal:
                     os.replace(src, Path(str(aside) + suffix))
             try:
                 self._connect()
-            except sqlite3.DatabaseError as exc:
+            except journal_db.db_errors() as exc:
                 raise AssistantError(
                     f"the journal {self.path} cannot be opened ({exc}). Move it aside to start a new one; "
                     "your memories and adapters are unaffected."
                 ) from exc
-            saved = {table: _copy_rows(aside, self._db, table) for table in ("conversations", "turns")}
+            saved = {table: _copy_rows(aside, self._db, table, self._key) for table in ("conversations", "turns")}
         self.notices.append(
             f"the journal {self.path.name} was damaged ({cause}); moved it to {aside.name} and kept "
             f"{saved['turns']} turn(s) and {saved['conversations']} conversation(s) that could still be read"
@@ -147,7 +154,7 @@ class Journal:
         if _inode(self.path) != self._ino:
             try:
                 self._db.close()
-            except sqlite3.Error:
+            except journal_db.any_errors():
                 pass
             self._connect()
 
@@ -412,17 +419,18 @@ def _needle_re(needle: str) -> re.Pattern[str]:
     return re.compile(left + re.escape(needle) + right, re.IGNORECASE)
 
 
-def _copy_rows(damaged: Path, db: sqlite3.Connection, table: str) -> int:
+def _copy_rows(damaged: Path, db: Any, table: str, key: crypto.DataKey | None = None) -> int:
     """Copy the rows of ``table`` that SQLite can still read from ``damaged`` into ``db``."""
+    errors = journal_db.db_errors()
     try:
-        src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
-    except sqlite3.Error:
+        src = journal_db.DamagedSource(damaged, key)
+    except journal_db.any_errors():
         return 0
     saved = 0
     try:
         try:
             rows = src.execute(f"SELECT * FROM {table}").fetchall()
-        except sqlite3.DatabaseError:
+        except errors:
             rows = [r for rowid in _rowids(src, table) for r in _row(src, table, rowid)]
         width = len(db.execute(f"SELECT * FROM {table} LIMIT 0").description)
         for row in rows:
@@ -431,41 +439,41 @@ def _copy_rows(damaged: Path, db: sqlite3.Connection, table: str) -> int:
             try:
                 db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * width)})", row)
                 saved += 1
-            except sqlite3.Error:
+            except journal_db.any_errors():
                 continue
     finally:
         src.close()
     return saved
 
 
-def _rowids(src: sqlite3.Connection, table: str) -> list[int]:
+def _rowids(src: Any, table: str) -> list[int]:
     """Row ids of ``table`` from whatever still reads: the table, its indexes, or a plain range."""
     found: set[int] = set()
     queries = [f"SELECT rowid FROM {table}"]
     try:
         indexes = src.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?", (table,)).fetchall()
-    except sqlite3.DatabaseError:  # not a database at all: nothing to salvage
+    except journal_db.db_errors():  # not a database at all: nothing to salvage
         return []
     for (name,) in indexes:
         queries.append(f'SELECT rowid FROM {table} INDEXED BY "{name}"')
     for q in queries:
         try:
             found |= {r[0] for r in src.execute(q).fetchall()}
-        except sqlite3.DatabaseError:
+        except journal_db.db_errors():
             continue
     if not found:
         try:
             top = src.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
-        except sqlite3.DatabaseError:
+        except journal_db.db_errors():
             top = 0
         found = set(range(1, min(top, 1_000_000) + 1))
     return sorted(found)
 
 
-def _row(src: sqlite3.Connection, table: str, rowid: int) -> list[tuple[Any, ...]]:
+def _row(src: Any, table: str, rowid: int) -> list[tuple[Any, ...]]:
     try:
         row = src.execute(f"SELECT * FROM {table} WHERE rowid=?", (rowid,)).fetchone()
-    except sqlite3.DatabaseError:
+    except journal_db.db_errors():
         return []
     return [row] if row else []
 

@@ -320,10 +320,10 @@ class Learner:
 
     def _live_model(self, engine: Any, source: Any) -> Any:
         """The live adapter (a user's or the pack's) on its own float32 copy of the base weights."""
-        from peft import PeftModel
+        from personalization.adapters import load_peft
 
         store, live = source
-        model = PeftModel.from_pretrained(self._base_model(engine), str(store.path(live)))
+        model = load_peft(self._base_model(engine), store.path(live), trainable=False)
         model.eval()
         return model
 

