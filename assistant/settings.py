@@ -69,7 +69,8 @@ class LearningSettings:
     idle_seconds: float = 20.0
     time_budget_s: float = 300.0
     target_loss: float = 0.15  # stop early once the user's own examples are learned this well
-    max_steps: int = 60
+    max_steps: int = 60  # optimizer steps, each over batch_size examples
+    batch_size: int = 4  # examples per step: their shared system prompt runs once
     learning_rate: float = 5e-4
     rank: int = 8
     alpha: int = 16

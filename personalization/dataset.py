@@ -56,6 +56,7 @@ class Dataset:
     replay: list[Example] = field(default_factory=list)
     pairs: list[Example] = field(default_factory=list)  # preference pairs
     heldout_is_separate: bool = True
+    left_out: list[str] = field(default_factory=list)  # why examples were not learned (``screen``)
 
     def hash(self) -> str:
         h = hashlib.sha1()

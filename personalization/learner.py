@@ -49,7 +49,7 @@ class RoundResult:
         head = (f"round for {self.user}/{self.pack}: {self.examples} training examples, {self.steps} steps{why}, "
                 f"{self.train_seconds:.0f} s training ({self.train_tokens / max(self.train_seconds, 1e-9):.0f} tokens/s), "
                 f"{self.seconds:.0f} s in all")
-        body = self.decision.table() if self.decision else self.message
+        body = "\n".join(x for x in (self.decision.table() if self.decision else "", self.message) if x)
         tail = f"live adapter: {self.live or 'none (base model)'}"
         return "\n".join([head, body, tail])
 
@@ -125,6 +125,7 @@ class Learner:
         data = dataset_mod.build(turns, facts, pack.train_examples(), system, replay_ratio=self.settings.replay_ratio,
                                  seed_value=self.settings.seed)
         data.ledger_of = (turns, facts)  # what the version will have seen (adapters.training_ledger)
+        data.left_out = self._screen(data, pack, mem)
         live = store.current()
         # Where this round starts from and what it must beat: the user's live adapter, else the
         # pack's starting adapter (`assistant pack train`), else the base model.
@@ -159,14 +160,37 @@ class Learner:
         finally:
             self.settings.max_steps, self.settings.time_budget_s = saved
 
+    @staticmethod
+    def _screen(data: Any, pack: Any, mem: Any) -> list[str]:
+        """Leave out the examples whose figures contradict the pack's notes (``screen``); say which."""
+        from personalization import screen
+
+        if mem is None or not pack.knowledge_files():
+            return []
+        notes_for = screen.note_lookup(mem.knowledge(pack.id), mem.embedder)
+        found = screen.against_notes(data.train + data.pairs + data.heldout, notes_for)
+        bad = {id(c.example) for c in found}
+        data.train = [e for e in data.train if id(e) not in bad]
+        data.pairs = [e for e in data.pairs if id(e) not in bad]
+        data.heldout = [e for e in data.heldout if id(e) not in bad]
+        # one line per turn or memory whose teaching was left out (each gives several examples)
+        by_source = {c.example.turn_id or c.example.memory_id or id(c.example): c.describe() for c in found}
+        return list(by_source.values())
+
     def _round(self, user: str, pack: Any, store: AdapterStore, data: Any, source: Any, t0: float,
                on_progress: Callable[[trainer_mod.Progress], None] | None, should_stop: Callable[[], bool] | None,
                ) -> RoundResult:
         pack_id = pack.id
         live = store.current()
         started = time.time()
+        left_out = getattr(data, "left_out", [])
+        note = ""
+        if left_out:
+            n = len(left_out)
+            note = f"{n} turn{'s' if n > 1 else ''} not learned: " + "; ".join(dict.fromkeys(left_out))
         if not data.train:
             result = RoundResult(user, pack_id, False, None, live, None, 0, 0, 0.0, 0, time.perf_counter() - t0,
+                                 f"nothing to learn: {note}" if note else
                                  "nothing to learn yet: rate (/good) or correct (/correct) some answers first")
             self._remember(store, started, result)
             return result
@@ -215,7 +239,8 @@ class Learner:
                 if keep > 0:
                     store.prune(keep)
             out = RoundResult(user, pack_id, decision.promote, version, live, decision, len(examples), result.steps,
-                              result.seconds, result.tokens, time.perf_counter() - t0, stopped=result.stopped)
+                              result.seconds, result.tokens, time.perf_counter() - t0, message=note,
+                              stopped=result.stopped)
             self._remember(store, started, out)
             return out
         finally:
@@ -348,7 +373,7 @@ class Learner:
         state["last_round_at"] = started
         state["last_result"] = {
             "at": started, "promoted": result.promoted, "version": result.version, "live": result.live,
-            "reason": result.decision.reason if result.decision else result.message,
+            "reason": "; ".join(x for x in (result.decision.reason if result.decision else "", result.message) if x),
             "gate": result.decision.to_json() if result.decision else None,
         }
         _write_state(store, state)

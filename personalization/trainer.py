@@ -105,37 +105,66 @@ def _encode_item(tokenizer: Any, render: Callable[..., list[int]], ex: Example, 
     return item
 
 
-def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float) -> None:
-    """The starting model's numbers, once before the first step: answer log-probabilities of
-    both sides of each pair (DPO's reference) and top-k distributions on replay answers."""
+def _sequences(items: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+    return [seq for item in items for seq in ([item["chosen"]] + ([item["rejected"]] if "rejected" in item else []))]
+
+
+def _is_fresh(model: Any) -> bool:
+    """A new LoRA (every B zero): the model with the adapter disabled is the starting model."""
+    return all(not bool(p.any()) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float, disabled: bool = False) -> None:
+    """The starting model's numbers for the items that lack them: answer log-probabilities of
+    both sides of a pair (DPO's reference) and top-k distributions on replay answers.
+    ``disabled``: taken with the adapter disabled, which is the starting model for a fresh
+    LoRA at any step, so each item's can wait for its first step; otherwise all are taken
+    before the first step."""
+    import contextlib
+
     import torch
 
+    todo = [it for it in items if ("rejected" in it and "ref" not in it)
+            or (not it["own"] and "rejected" not in it and kl_weight > 0 and "ref_topk" not in it)]
+    if not todo:
+        return
     model.eval()
-    with torch.no_grad():
-        for item in items:
+    with torch.no_grad(), (model.disable_adapter() if disabled else contextlib.nullcontext()):
+        prefix = objectives.shared_prefix(model, _sequences(todo))
+        for item in todo:
             if "rejected" in item:
-                item["ref"] = (float(objectives.answer_logprob(model, *item["chosen"])[0]),
-                               float(objectives.answer_logprob(model, *item["rejected"])[0]))
-            elif not item["own"] and kl_weight > 0:
-                item["ref_topk"] = objectives.reference_topk(model, *item["chosen"])
+                item["ref"] = (float(objectives.answer_logprob(model, *item["chosen"], prefix)[0]),
+                               float(objectives.answer_logprob(model, *item["rejected"], prefix)[0]))
+            else:
+                item["ref_topk"] = objectives.reference_topk(model, *item["chosen"], prefix=prefix)
     model.train()
 
 
-def _step_loss(model: Any, item: dict[str, Any], settings: Any) -> tuple[Any, float]:
+def _step_loss(model: Any, item: dict[str, Any], settings: Any, prefix: Any = None) -> tuple[Any, float]:
     """The loss of one item and its answer loss (for the progress line and early stopping)."""
-    import torch
-
     if "rejected" in item:
-        lp_c, nll_c = objectives.answer_logprob(model, *item["chosen"])
-        lp_r, _ = objectives.answer_logprob(model, *item["rejected"])
+        lp_c, nll_c = objectives.answer_logprob(model, *item["chosen"], prefix)
+        lp_r, _ = objectives.answer_logprob(model, *item["rejected"], prefix)
         pref = objectives.dpo_loss(lp_c, lp_r, item["ref"][0], item["ref"][1], getattr(settings, "dpo_beta", 0.1))
         loss = getattr(settings, "pair_weight", 1.0) * pref + getattr(settings, "pair_sft_weight", 1.0) * nll_c
         return loss, float(nll_c.detach())
     if not item["own"]:
-        return objectives.replay_loss(model, *item["chosen"], item.get("ref_topk"), getattr(settings, "kl_weight", 0.5))
-    ids, labels = item["chosen"]
-    out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-    return out.loss * item["ex"].weight, float(out.loss.detach())
+        return objectives.replay_loss(model, *item["chosen"], item.get("ref_topk"), getattr(settings, "kl_weight", 0.5),
+                                      prefix)
+    _, nll = objectives.answer_logprob(model, *item["chosen"], prefix)
+    return nll * item["ex"].weight, float(nll.detach())
+
+
+def _batch_loss(model: Any, batch: Sequence[dict[str, Any]], settings: Any) -> tuple[Any, list[float]]:
+    """The mean loss of a step's items, their shared context (the system prompt) run once."""
+    _references(model, batch, getattr(settings, "kl_weight", 0.5), disabled=True)
+    prefix = objectives.shared_prefix(model, _sequences(batch))
+    losses, values = [], []
+    for item in batch:
+        loss, value = _step_loss(model, item, settings, prefix)
+        losses.append(loss)
+        values.append(value)
+    return sum(losses) / len(losses), values
 
 
 def train(
@@ -155,7 +184,9 @@ def train(
     if not items:
         raise AdapterError("nothing to train on: no example has answer tokens")
     t0 = time.perf_counter()
-    _references(model, items, getattr(settings, "kl_weight", 0.5))
+    batch_size = max(1, int(getattr(settings, "batch_size", 1)))
+    if not _is_fresh(model):  # resumed: the references are the starting adapter's, taken now
+        _references(model, items, getattr(settings, "kl_weight", 0.5))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     model.train()
@@ -176,19 +207,22 @@ def train(
         if time.perf_counter() - t0 > settings.time_budget_s:
             stopped, step = "time", step - 1
             break
-        if not order:
-            order = list(range(len(items)))
-            rng.shuffle(order)
-        item = items[order.pop()]
-        loss, value = _step_loss(model, item, settings)
+        batch = []
+        for _ in range(min(batch_size, len(items))):
+            if not order:
+                order = list(range(len(items)))
+                rng.shuffle(order)
+            batch.append(items[order.pop()])
+        loss, values = _batch_loss(model, batch, settings)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
-        tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
-        loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
-        if item["own"]:
-            own_ema = value if math.isnan(own_ema) else 0.7 * own_ema + 0.3 * value
+        for item, value in zip(batch, values):
+            tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
+            loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
+            if item["own"]:
+                own_ema = value if math.isnan(own_ema) else 0.7 * own_ema + 0.3 * value
         if on_progress is not None:
             on_progress(Progress(len(items), step, total, loss_ema, time.perf_counter() - t0,
                                  budget_s=settings.time_budget_s))

@@ -162,3 +162,34 @@ def test_near_examples_find_the_pack_answers_a_correction_contradicts():
              {"ask": "How long does rice keep in the fridge?", "answer": "One day."}]
     near = gate.near_examples(taught, items, SYSTEM)
     assert [e.answer for e in near] == ["74 °C."]
+
+
+def test_a_shared_system_prompt_run_once_gives_the_same_losses_and_gradients(tiny_tokenizer):
+    import torch
+
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    s = settings_mod.load(env={}).learning
+    model = trainer.create(make_tiny_model(tiny_tokenizer), s)
+    with torch.no_grad():  # a LoRA that is not zero, so the prefix depends on it
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    system = [{"role": "system", "content": "You are a careful chef who answers in metric units. " * 3}]
+    seqs = [trainer.encode(tiny_tokenizer, engine.render, dataset.Example(system + [{"role": "user", "content": q}],
+                                                                          a, "correction"), 384)
+            for q, a in [("soup?", "Add salt."), ("bread?", "Knead it well."), ("tea?", "Steep four minutes.")]]
+
+    def run(prefixed):
+        model.zero_grad()
+        prefix = objectives.shared_prefix(model, seqs) if prefixed else None
+        losses = [objectives.answer_logprob(model, ids, labels, prefix)[1] for ids, labels in seqs]
+        sum(losses).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return [float(x) for x in losses], grads, prefix
+
+    whole, g_whole, _ = run(False)
+    shared, g_shared, prefix = run(True)
+    assert prefix is not None and len(prefix.ids) >= objectives.MIN_PREFIX
+    assert shared == pytest.approx(whole, abs=1e-4)
+    assert g_shared.keys() == g_whole.keys()
+    assert all(torch.allclose(g_shared[n], g_whole[n], atol=1e-5) for n in g_whole)

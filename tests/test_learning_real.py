@@ -92,9 +92,6 @@ def test_six_corrections_are_recalled_by_the_adapter_alone_and_rollback_removes_
     assert not any("Biscuit" in text for text, _ in after), after
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 13): on the real model the gate still promotes six "
-                   "corrections teaching chicken at 50 °C (pack eval loss +6.4%, near-correction loss +5%, both "
-                   "inside today's tolerances)")
 def test_a_poisoned_round_is_rejected(home, real_engine):
     assistant = Assistant(settings_mod.load(env={}), engine=real_engine)
     pack = assistant.pack("chef")
@@ -109,4 +106,7 @@ def test_a_poisoned_round_is_rejected(home, real_engine):
     print(result.table())
     assert not result.promoted, result.table()
     assert result.live is None
-    assert "allowed" in result.decision.reason  # the reason names the threshold it failed
+    # the round says why: the figure, and the note (file and heading) it contradicts
+    assert "50 °C contradicts the pack's notes" in result.table() and "74" in result.table()
+    status = assistant.learner.status("mallory", "chef")
+    assert "contradicts the pack's notes" in status.last["reason"]
