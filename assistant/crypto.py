@@ -251,7 +251,7 @@ def create(passphrase: str, home: Path | None = None) -> DataKey:
         raise EncryptionError(f"{state_path(home)} exists already: this data directory is encrypted")
     dek = os.urandom(32)
     state = {"version": 1, "state": "on", "created": time.time(), **_wrap(dek, passphrase)}
-    write_private(state_path(home), json.dumps(state, indent=2).encode())
+    paths.write_private(state_path(home), json.dumps(state, indent=2).encode())
     return open_key(state, passphrase, home)
 
 
@@ -266,19 +266,19 @@ def rewrap(old: str, new: str, home: Path | None = None) -> None:
     open_key(state, old, home)  # checks the old one
     wrapped = _unb64(state["wrapped_key"], "wrapped_key")
     dek = AESGCM(_derive(old, state["kdf"])).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], _WRAP_AAD)
-    write_private(state_path(home), json.dumps(dict(state, **_wrap(dek, new)), indent=2).encode())
+    paths.write_private(state_path(home), json.dumps(dict(state, **_wrap(dek, new)), indent=2).encode())
 
 
 def set_state(value: str, home: Path | None = None) -> None:
     state = read_state(home)
     if state is None:
         raise EncryptionError("this data directory is not encrypted")
-    write_private(state_path(home), json.dumps(dict(state, state=value), indent=2).encode())
+    paths.write_private(state_path(home), json.dumps(dict(state, state=value), indent=2).encode())
 
 
 def remove_state(home: Path | None = None) -> None:
     state_path(home).unlink(missing_ok=True)
-    _fsync_dir(paths.home() if home is None else home)
+    paths.fsync_dir(paths.home() if home is None else home)
 
 
 def check_passphrase(passphrase: str) -> None:
@@ -382,30 +382,12 @@ def open_export(data: Any, home: Path | None = None) -> Any:
 
 
 # ------------------------------------------------------------------ files
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` as 0600, atomically: a temporary file, fsync, rename."""
-    path = Path(path)
-    paths.private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def replace_file(path: Path, data: bytes) -> None:
     """``path``'s content replaced by ``data`` atomically; the old content's bytes are zeroed."""
     path = Path(path)
     old = os.open(path, os.O_RDWR)
     try:
-        write_private(path, data)
+        paths.write_private(path, data)
         overwrite(old)
     finally:
         os.close(old)
@@ -438,14 +420,3 @@ def shred_tree(root: Path) -> None:
             finally:
                 os.close(fd)
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -46,17 +46,6 @@ def base_fingerprint(model: Any) -> str:
     return hashlib.sha1(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class AdapterStore:
     def __init__(self, user: str, pack: str, root: Path | None = None) -> None:
         self.user, self.pack = user, pack
@@ -127,7 +116,7 @@ class AdapterStore:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(staged, self.root / version)
-        _fsync_dir(self.root)
+        paths.fsync_dir(self.root)
         if make_current:
             self.set_current(version)
         return version
@@ -142,7 +131,7 @@ class AdapterStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / CURRENT)
-        _fsync_dir(self.root)
+        paths.fsync_dir(self.root)
 
     def rollback(self, version: str | None = None) -> str | None:
         """Go back to ``version``, or to the version before the current one (None: base model)."""

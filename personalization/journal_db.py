@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from assistant import crypto
+from assistant import crypto, paths
 from assistant.errors import AssistantError, LockedError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -213,7 +213,7 @@ def _swap(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
         for suffix in ("-wal", "-shm"):  # the old file's (checkpointed, empty); the new one makes its own
             Path(str(path) + suffix).unlink(missing_ok=True)
-        crypto._fsync_dir(path.parent)
+        paths.fsync_dir(path.parent)
         crypto.overwrite(old)
     finally:
         os.close(old)
