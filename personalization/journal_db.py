@@ -38,22 +38,23 @@ def require_sqlcipher() -> Any:
 
 
 @functools.cache
+def _errors(name: str) -> tuple[type[BaseException], ...]:
+    """sqlite3's exception class ``name`` and sqlcipher3's (separate classes), when it is installed."""
+    try:
+        from sqlcipher3 import dbapi2
+    except ImportError:
+        return (getattr(sqlite3, name),)
+    return (getattr(sqlite3, name), getattr(dbapi2, name))
+
+
 def db_errors() -> tuple[type[BaseException], ...]:
-    """``DatabaseError`` of sqlite3 and of sqlcipher3 (separate classes)."""
-    try:
-        from sqlcipher3 import dbapi2
-    except ImportError:
-        return (sqlite3.DatabaseError,)
-    return (sqlite3.DatabaseError, dbapi2.DatabaseError)
+    """``DatabaseError`` of sqlite3 and of sqlcipher3."""
+    return _errors("DatabaseError")
 
 
-@functools.cache
 def any_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from sqlcipher3 import dbapi2
-    except ImportError:
-        return (sqlite3.Error,)
-    return (sqlite3.Error, dbapi2.Error)
+    """``Error`` of sqlite3 and of sqlcipher3."""
+    return _errors("Error")
 
 
 def connect(target: str | Path, key: crypto.DataKey | None, **kwargs: Any) -> Any:
