@@ -3,4 +3,5 @@
 Nothing heavy is imported here: `assistant --help` must come up fast.
 """
 
-__version__ = "0.1.0"
+VERSION = "0.1.0"
+__version__ = VERSION

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         import httpx
         import uvicorn
 
-        from assistant import api_keys
+        from api import keys as api_keys
         from assistant import settings as settings_mod
-        from assistant.api import make_app
+        from api import make_app
         from assistant.core import Assistant
         from assistant.engine import Engine
 

@@ -12,14 +12,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from assistant import packs as packs_mod
 from assistant import prompt as prompt_mod
 from assistant import safety
 from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
 from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
-from assistant.errors import PromptError
+from assistant.errors import AssistantError, PromptError
 from assistant.settings import Settings
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -33,10 +33,23 @@ def clean_message(message: str) -> str:
     return text
 
 
+class LearnerLike(Protocol):
+    """What the core and the front ends ask of the background learner (personalization.learner.Learner)."""
+
+    listeners: list[Callable[..., None]]
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def notify(self, user: str, pack: str) -> None: ...
+    def pending(self, user: str, pack: str) -> int: ...
+    def status(self, user: str, pack: str) -> Any: ...
+
+
 class Assistant:
     """Shared state for every chat: the engine is loaded lazily, once."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None, progress: Callable[[str], None] | None = None,
+                 learner: Callable[[Assistant], LearnerLike] | None = None) -> None:
         from assistant import crypto
 
         # An encrypted data directory without its passphrase (or with a wrong one) stops here,
@@ -52,7 +65,8 @@ class Assistant:
         self._lock = threading.Lock()
         # Called with (user, pack) after every journalled turn or feedback (the learner listens).
         self.listeners: list[Callable[[str, str], None]] = []
-        self._learner: Any = None
+        self._learner: LearnerLike | None = None
+        self._make_learner = learner
 
     # ---------------------------------------------------------------- parts
     @property
@@ -76,7 +90,7 @@ class Assistant:
         return self.catalog.get(pack_id or self.settings.chat.pack)
 
     def journal(self, user: str):
-        from personalization.journal import Journal
+        from assistant.journal import Journal
 
         with self._lock:
             if user not in self._journals:
@@ -94,14 +108,21 @@ class Assistant:
                 self._memories[user] = open_store(user, self.settings.memory)
             return self._memories[user]
 
+    def wire_learner(self, make: Callable[[Assistant], LearnerLike]) -> None:
+        """Plug learning in: the front ends do (the core never imports the learner)."""
+        with self._lock:
+            if self._make_learner is None:
+                self._make_learner = make
+
     @property
-    def learner(self):
+    def learner(self) -> Any:  # a LearnerLike; callers in learning and the front ends use the whole Learner
         """The background learner (rounds start only after ``learner.start()``)."""
         with self._lock:
             if self._learner is None:
-                from personalization.learner import Learner
-
-                self._learner = Learner(self)
+                if self._make_learner is None:
+                    raise AssistantError("learning is not wired into this assistant: pass learner=Learner "
+                                         "(personalization.learner) or call personalization.learner.attach(assistant)")
+                self._learner = self._make_learner(self)
             return self._learner
 
     def notify_turn(self, user: str, pack: str) -> None:
@@ -251,7 +272,7 @@ class Chat:
 
     def _stream(self, reply: Reply, text: str, sent: str, check: safety.Check, store: Any,
                 cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any], plan: "Plan") -> Iterator[str]:
-        from personalization.journal import Turn, new_turn_id
+        from assistant.journal import Turn, new_turn_id
 
         engine = self.assistant.engine
         params = self.assistant.params(self.pack, **overrides)
@@ -341,7 +362,7 @@ class Chat:
 
     def _select_adapter(self, engine: Engine, reply: Reply) -> None:
         """Merge the live adapter (the user's own, else the pack's starting one) into the engine."""
-        from personalization.adapters import live_for
+        from assistant.adapters import live_for
 
         wanted = None
         deltas = None

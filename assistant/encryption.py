@@ -38,7 +38,7 @@ def users() -> list[str]:
 
 def turn_on(passphrase: str, settings: Any) -> list[str]:
     """Encrypt this data directory (or finish an interrupted `on`); lines saying what was done."""
-    from personalization.journal_db import require_sqlcipher
+    from assistant.journal_db import require_sqlcipher
 
     require_sqlcipher()  # missing: said now, before the data directory is marked encrypted
     state = crypto.read_state()
@@ -75,8 +75,8 @@ def convert_user(user: str, settings: Any) -> list[str]:
     """One user's journal, memory store and adapters, converted under the user's lock."""
     from memory.locking import bump_generation, user_lock
     from memory.store import MemoryStore
-    from personalization import adapters
-    from personalization.journal import Journal
+    from assistant import adapters
+    from assistant.journal import Journal
 
     key, seal = crypto.stores_key()
     folder = paths.user_dir(user)
@@ -99,7 +99,7 @@ def convert_user(user: str, settings: Any) -> list[str]:
 
 
 def _versions(user: str) -> list[Path]:
-    from personalization.adapters import WEIGHTS, AdapterStore
+    from assistant.adapters import WEIGHTS, AdapterStore
 
     root = paths.user_dir(user) / "adapters"
     out = []
@@ -148,8 +148,8 @@ def status() -> list[str]:
 
 
 def _user_forms(user: str) -> list[str]:
-    from personalization.adapters import WEIGHTS, _sealed_file
-    from personalization.journal_db import kind
+    from assistant.adapters import WEIGHTS, _sealed_file
+    from assistant.journal_db import kind
 
     out = []
     journal = paths.journal_file(user)

@@ -76,7 +76,7 @@ def forget(
             needles = [m.text for m in chosen] + ([search] if search and len(search.strip()) >= 3 else [])
             chosen_ids = {m.id for m in chosen}
             if needles and not everything:
-                from personalization.journal import _needle_re
+                from assistant.journal import _needle_re
 
                 pats = [_needle_re(n) for n in needles]
                 chosen += [m for m in store.list(include_superseded=True)
@@ -159,7 +159,7 @@ def _memory(user: str, settings: Any, assistant: Any) -> tuple[Any, bool]:
 def _journal(user: str, assistant: Any) -> tuple[Any, bool]:
     if assistant is not None:
         return assistant.journal(user), False
-    from personalization.journal import Journal
+    from assistant.journal import Journal
 
     return Journal(user), True
 
@@ -178,7 +178,7 @@ def _after_forget(assistant: Any, user: str) -> None:
 
 def unlearn(user: str, turn_ids: set[str], memory_ids: set[str], since: float | None) -> list[str]:
     """Take every adapter version of ``user`` that saw these turns or memories out of service."""
-    from personalization.adapters import AdapterStore, saw
+    from assistant.adapters import AdapterStore, saw
 
     out: list[str] = []
     root = paths.user_dir(user) / "adapters"

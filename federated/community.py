@@ -25,7 +25,7 @@ class Community:
         from assistant.core import Assistant
         from federated.evaluation import CommunityEval, load_heldout
         from federated.local import load_training_engine
-        from personalization.adapters import pack_store
+        from assistant.adapters import pack_store
 
         self.settings = settings_mod.load()
         self.engine = engine or load_training_engine(self.settings)

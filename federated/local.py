@@ -123,7 +123,7 @@ def train_update(adapter: lora.Adapter, pack_id: str, cfg: FederatedConfig, *, s
 def adopt(adapter: lora.Adapter, version: str, pack_id: str) -> str | None:
     """Keep the community adapter the server sent as this device's pack starting adapter (a new
     version in ``pack-adapters/<pack>/``) unless it already has it. Returns the new version."""
-    from personalization.adapters import pack_store
+    from assistant.adapters import pack_store
 
     store = pack_store(pack_id)
     cur = store.current()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from personalization.adapters import CONFIG, WEIGHTS
+from assistant.adapters import CONFIG, WEIGHTS
 
 
 @dataclass

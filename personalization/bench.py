@@ -359,7 +359,7 @@ class Runner:
 
     def _user(self, data: dict[str, Any], user: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         from assistant import paths
-        from personalization.adapters import live_for
+        from assistant.adapters import live_for
 
         suite, pack, uid = data["name"], data["pack"], user["id"]
         saved = self.done(suite, uid)
@@ -417,7 +417,7 @@ class Runner:
                     chat.correct(turn["correction"])
 
     def _learn(self, uid: str, pack: str) -> dict[str, Any]:
-        from personalization.adapters import AdapterStore
+        from assistant.adapters import AdapterStore
 
         def progress(p: Any) -> None:
             self._say(f"{uid}: learning step {p.step}/{p.total_steps} loss {p.loss:.3f}")
@@ -532,9 +532,10 @@ def run_bench(suite_paths: Sequence[str], cfg: BenchConfig, *, assistant: Any = 
     if assistant is None:
         from assistant import settings as settings_mod
         from assistant.core import Assistant
+        from personalization.learner import Learner
 
         prepare_home(cfg.out)
-        assistant = Assistant(settings_mod.load())
+        assistant = Assistant(settings_mod.load(), learner=Learner)
     probe = Runner(assistant, cfg)
     total = sum(len(probe.selected(d)) for _, d in suites)
     bar = ProgressBar(total) if progress else None

@@ -39,9 +39,10 @@ def main() -> None:
             (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
         from assistant import settings as settings_mod
         from assistant.core import Assistant
-        from personalization.adapters import AdapterStore
+        from personalization.learner import Learner
+        from assistant.adapters import AdapterStore
 
-        assistant = Assistant(settings_mod.load(env={}))
+        assistant = Assistant(settings_mod.load(env={}), learner=Learner)
         _ = assistant.engine
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for q in (PHRASINGS * 4)[: args.corrections]:

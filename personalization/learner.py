@@ -22,7 +22,7 @@ from assistant.errors import AssistantError
 from personalization import dataset as dataset_mod
 from personalization import gate as gate_mod
 from personalization import trainer as trainer_mod
-from personalization.adapters import AdapterStore, training_ledger
+from assistant.adapters import AdapterStore, training_ledger
 
 STATE = "state.json"
 TRAIN_SHARE = 0.6  # of the round's time budget; the gate gets the rest
@@ -129,7 +129,7 @@ class Learner:
         live = store.current()
         # Where this round starts from and what it must beat: the user's live adapter, else the
         # pack's starting adapter (`assistant pack train`), else the base model.
-        from personalization.adapters import live_for
+        from assistant.adapters import live_for
 
         source = live_for(user, pack_id)
         return self._round(user, pack, store, data, source, t0, on_progress, should_stop)
@@ -137,7 +137,7 @@ class Learner:
     def train_pack(self, pack_id: str, *, steps: int | None = None, time_budget_s: float = 1200.0,
                    on_progress: Callable[[trainer_mod.Progress], None] | None = None) -> RoundResult:
         """Train the pack's starting adapter from its ``train.jsonl``, through the same gate."""
-        from personalization.adapters import pack_store
+        from assistant.adapters import pack_store
 
         t0 = time.perf_counter()
         pack = self.assistant.pack(pack_id)
@@ -345,7 +345,7 @@ class Learner:
 
     def _live_model(self, engine: Any, source: Any) -> Any:
         """The live adapter (a user's or the pack's) on its own float32 copy of the base weights."""
-        from personalization.adapters import load_peft
+        from assistant.adapters import load_peft
 
         store, live = source
         model = load_peft(self._base_model(engine), store.path(live), trainable=False)
@@ -432,6 +432,12 @@ class Learner:
             except Exception as exc:  # a background round must never take the app down
                 for listener in self.listeners:
                     listener(user, pack, {"phase": "failed", "error": f"{type(exc).__name__}: {exc}"})
+
+
+def attach(assistant: Any) -> Any:
+    """Wire the learner into an assistant (front ends call this; the core never imports learning)."""
+    assistant.wire_learner(Learner)
+    return assistant
 
 
 def _test_pause(name: str) -> None:

@@ -44,9 +44,10 @@ def main() -> None:
             (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
         from assistant import settings as settings_mod
         from assistant.core import Assistant
+        from personalization.learner import Learner
         from personalization import dataset, gate, trainer
 
-        assistant = Assistant(settings_mod.load(env={}))
+        assistant = Assistant(settings_mod.load(env={}), learner=Learner)
         engine = assistant.engine
         pack = assistant.pack(args.pack)
         system = pack.system_prompt()

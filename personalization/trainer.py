@@ -66,7 +66,7 @@ def create(base: Any, settings: Any):
 
 def resume(base: Any, folder: Path):
     """Continue training a saved adapter version (its weights may be sealed: see adapters.load_peft)."""
-    from personalization.adapters import load_peft
+    from assistant.adapters import load_peft
 
     model = load_peft(base, folder, trainable=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

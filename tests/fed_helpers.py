@@ -39,7 +39,7 @@ def fed_config(home: Path, **over) -> None:
 
 def add_user(home: Path, user: str, pack: str = "general") -> list[str]:
     """A user with corrected and rated turns (no memory: the tiny tests switch memory off)."""
-    from personalization.journal import Journal, Turn, new_turn_id
+    from assistant.journal import Journal, Turn, new_turn_id
 
     old = os.environ.get("ASSISTANT_HOME")
     os.environ["ASSISTANT_HOME"] = str(home)

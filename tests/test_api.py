@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from assistant import api_keys, paths
+from api import keys as api_keys
+from assistant import paths
 from assistant import settings as settings_mod
-from assistant.cli import main as cli_main
+from cli.main import main as cli_main
 
 
 class Server:
@@ -65,7 +66,7 @@ def keys(home):
 
 @pytest.fixture
 def server(tiny_engine, keys):
-    from assistant.api import make_app
+    from api import make_app
     from assistant.core import Assistant
 
     tiny_engine.context_tokens = 512  # the tiny model's positions; the pack persona needs room
@@ -342,7 +343,7 @@ def test_audit_log_has_no_message_text(server, keys):
 def test_real_model_knows_the_capital_of_france(real_engine, home):
     from openai import OpenAI
 
-    from assistant.api import make_app
+    from api import make_app
     from assistant.core import Assistant
 
     key = api_keys.create("real", "chat", users="me")

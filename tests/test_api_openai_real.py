@@ -18,7 +18,7 @@ import httpx
 import jsonschema
 import pytest
 
-from assistant import api_keys
+from api import keys as api_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 WEATHER = {
@@ -45,11 +45,11 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(home):
-    """`python -m assistant.cli serve` in this test's home (the real model is linked in)."""
+    """`python -m cli serve` in this test's home (the real model is linked in)."""
     port = _free_port()
     key = api_keys.create("app", "chat,memory:read,feedback", users=["me", "alice@example.com"])
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

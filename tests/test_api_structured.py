@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from test_api import Server, _settings
 
-from assistant import api_keys
+from api import keys as api_keys
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
                                            "n": {"type": "integer", "minimum": 0, "maximum": 9}},
@@ -24,7 +24,7 @@ TOOL = {"type": "function", "function": {"name": "lookup", "description": "look 
 
 @pytest.fixture
 def srv(tiny_engine, home):
-    from assistant.api import make_app
+    from api import make_app
     from assistant.core import Assistant
 
     tiny_engine.context_tokens = 1024  # the pack persona plus tool or schema instructions, in a 308-token vocabulary

@@ -8,9 +8,10 @@ import httpx
 import pytest
 from test_api import Server, _settings
 
-from assistant import api_keys, paths
-from assistant.api import is_loopback
-from assistant.cli import main as cli_main
+from api import keys as api_keys
+from assistant import paths
+from api import is_loopback
+from cli.main import main as cli_main
 
 OWN, OTHER = "alice", "bob"
 
@@ -36,7 +37,7 @@ NEEDS = {"chat": "chat", "completions": "chat", "embeddings": "chat", "memories.
 
 @pytest.fixture
 def server(tiny_engine, home):
-    from assistant.api import make_app
+    from api import make_app
     from assistant.core import Assistant
 
     tiny_engine.context_tokens = 512

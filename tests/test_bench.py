@@ -85,7 +85,7 @@ def test_shipped_suites_are_valid():
 
 
 def test_cli_rejects_a_bad_suite_with_nonzero_exit(tmp_path, capsys):
-    from assistant.cli import main
+    from cli.main import main
 
     data = copy.deepcopy(TINY_SUITE)
     data["users"][0]["probes"][0]["kind"] = "colour"

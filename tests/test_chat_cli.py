@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from assistant import cli
+from cli import main as cli
 from assistant import settings as settings_mod
 from assistant.core import Assistant
 
@@ -16,7 +16,7 @@ from assistant.core import Assistant
 def _run_chat(monkeypatch, capsys, assistant, lines, argv=()):
     """Run `assistant chat` on ``assistant`` with ``lines`` typed; a callable line waits for a
     condition on the output so far (it gets the text, returns True when done waiting)."""
-    monkeypatch.setattr(cli, "_assistant", lambda args, quiet=False: assistant)
+    monkeypatch.setattr(cli, "make_assistant", lambda args, quiet=False: assistant)
     seen: list[str] = []
 
     def output() -> str:
@@ -39,7 +39,6 @@ def _run_chat(monkeypatch, capsys, assistant, lines, argv=()):
             return item
 
     monkeypatch.setattr("builtins.input", fake_input)
-    cli._load_extra()
     args = cli.build_parser().parse_args(["chat", "--pack", "general", "--temperature", "0", *argv])
     assert args.func(args) == 0
     return output()
@@ -93,7 +92,7 @@ def test_chat_marks_a_cut_answer_and_continue_continues_it(tiny_engine, monkeypa
     assert out.count("assistant> ") == 2
     turns = assistant.journal("me").turns()
     assert [t.finish_reason for t in turns] == ["length", "length"]
-    from assistant.chat_cli import CONTINUE_PROMPT
+    from cli.chat import CONTINUE_PROMPT
 
     assert turns[1].message == CONTINUE_PROMPT
     assert turns[1].conversation_id == turns[0].conversation_id  # the same conversation: it sees the cut answer

@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("sqlcipher3")  # the `encryption` extra (scripts/install.sh installs it)
 
 from assistant import crypto, settings as settings_mod
-from assistant.cli import main
+from cli.main import main
 from assistant.core import Assistant
 from assistant.errors import LockedError, WrongPassphraseError
 from personalization import trainer
-from personalization.adapters import WEIGHTS, AdapterStore
-from personalization.journal import Journal, Turn, new_turn_id
+from assistant.adapters import WEIGHTS, AdapterStore
+from assistant.journal import Journal, Turn, new_turn_id
 from tests.conftest import make_tiny_model
 
 PASS = "correct horse battery staple"
@@ -238,7 +238,7 @@ def test_encrypted_export_opens_with_the_passphrase_in_another_data_directory(ho
 
 
 def test_an_interrupted_conversion_loses_nothing_and_the_next_run_finishes(home, tiny_tokenizer, monkeypatch):
-    from personalization import journal_db
+    from assistant import journal_db
 
     settings = _settings()
     _fill(home, tiny_tokenizer, settings)

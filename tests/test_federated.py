@@ -159,7 +159,7 @@ def test_training_pauses_within_a_second_when_a_reply_starts(home, tiny_engine, 
 
 
 def test_join_rules_and_leave_keeps_data(home, capsys):
-    from assistant.cli import main
+    from cli.main import main
     from federated import config as config_mod
 
     assert main(["federate", "join", "192.168.1.9:9092", "--insecure", "--record-only"]) != 0
@@ -194,7 +194,7 @@ class Forbidden(socket.socket):
         raise SystemExit("SOCKET OPENED")
 socket.socket = Forbidden
 sys.argv = ["assistant"] + sys.argv[1:]
-from assistant.cli import main
+from cli.main import main
 from federated.device import start_if_joined
 rc = main(["federate", "status"])
 assert start_if_joined() is None

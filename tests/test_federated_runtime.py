@@ -143,7 +143,7 @@ def test_a_device_killed_mid_round_loses_nothing_and_the_round_completes(tmp_pat
     r = read_rounds(server)[0]
     assert r["devices_returned"] == 2 and r["candidate"] is not None
     assert tree_digest(victim / "users") == before
-    from personalization.adapters import AdapterStore
+    from assistant.adapters import AdapterStore
 
     store = AdapterStore("_pack", "general", root=victim / "pack-adapters" / "general")
     assert store.current() is None or (store.path(store.current()) / "adapter_model.safetensors").is_file()

@@ -1,7 +1,7 @@
 import sqlite3
 import time
 
-from personalization.journal import SCHEMA_VERSION, Journal, Turn, new_turn_id
+from assistant.journal import SCHEMA_VERSION, Journal, Turn, new_turn_id
 
 
 def _turn(conv, message="hello", reply="hi"):

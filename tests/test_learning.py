@@ -12,8 +12,8 @@ from assistant import settings as settings_mod
 from assistant.engine import Engine, GenParams
 from assistant.errors import AdapterError
 from personalization import dataset, gate, trainer
-from personalization.adapters import AdapterStore
-from personalization.journal import Journal, Turn, new_turn_id
+from assistant.adapters import AdapterStore
+from assistant.journal import Journal, Turn, new_turn_id
 from tests.conftest import make_tiny_model
 
 SYSTEM = "You are a helpful assistant."
@@ -239,7 +239,7 @@ def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_token
     env = dict(os.environ, ASSISTANT_HOME=str(home))
     if moment == "saving":
         env.update(PA_TEST_PAUSE_BEFORE_PUBLISH="60", PA_TEST_PAUSE_BEFORE_PUBLISH_MARKER=str(marker))
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "learn", "--user", "ann", "--pack", "general"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "learn", "--user", "ann", "--pack", "general"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 480
     if moment == "saving":

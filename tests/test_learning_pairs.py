@@ -7,7 +7,7 @@ import pytest
 from assistant import settings as settings_mod
 from assistant.engine import Engine
 from personalization import dataset, gate, objectives, phrasings, style, trainer
-from personalization.journal import Journal, Turn, new_turn_id
+from assistant.journal import Journal, Turn, new_turn_id
 from tests.conftest import make_tiny_model
 
 SYSTEM = "You are a helpful assistant."

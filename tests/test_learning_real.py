@@ -4,6 +4,7 @@ import pytest
 
 from assistant import settings as settings_mod
 from assistant.core import Assistant
+from personalization.learner import Learner
 from assistant.engine import GenParams
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(2400)]
@@ -22,7 +23,7 @@ def _greedy(engine, pack, question):
 
 
 def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
-    assistant = Assistant(settings_mod.load(env={}), engine=real_engine)
+    assistant = Assistant(settings_mod.load(env={}), engine=real_engine, learner=Learner)
     pack = assistant.pack("chef")
     real_engine.set_adapter(None, None)
     before_lp, n = real_engine.score([{"role": "system", "content": pack.system_prompt()},
@@ -61,9 +62,9 @@ def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
 
 
 def test_six_corrections_are_recalled_by_the_adapter_alone_and_rollback_removes_it(home, real_engine):
-    from personalization.adapters import AdapterStore
+    from assistant.adapters import AdapterStore
 
-    assistant = Assistant(settings_mod.load(env={}), engine=real_engine)
+    assistant = Assistant(settings_mod.load(env={}), engine=real_engine, learner=Learner)
     pack = assistant.pack("chef")
     for q in TRAIN_PHRASINGS[:6]:  # memory off: only the adapter can carry the fact
         chat = assistant.chat("lee", "chef", use_memory=False)
@@ -93,7 +94,7 @@ def test_six_corrections_are_recalled_by_the_adapter_alone_and_rollback_removes_
 
 
 def test_a_poisoned_round_is_rejected(home, real_engine):
-    assistant = Assistant(settings_mod.load(env={}), engine=real_engine)
+    assistant = Assistant(settings_mod.load(env={}), engine=real_engine, learner=Learner)
     pack = assistant.pack("chef")
     wrong = "Chicken is safe to eat once it reaches 50 °C inside; there is no need to go higher."
     for q in ["What temperature is chicken safe at?", "How hot does chicken need to get inside?",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from assistant import packs, paths
-from assistant.cli import main
+from cli.main import main
 from assistant.errors import UnsafeNameError
 
 TRAVERSAL = [

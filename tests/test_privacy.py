@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from assistant import paths, privacy
-from assistant.cli import main
+from cli.main import main
 from assistant.settings import Settings
 from personalization import dataset
-from personalization.adapters import WEIGHTS, AdapterStore
-from personalization.journal import Journal, Turn, new_turn_id
+from assistant.adapters import WEIGHTS, AdapterStore
+from assistant.journal import Journal, Turn, new_turn_id
 
 SECRET = "FORGETMEPIN4412"
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_a_version_without_ledger_made_after_the_memory_is_taken_out(home, alice
 
 
 def test_learner_records_a_training_ledger(home):
-    from personalization.adapters import training_ledger
+    from assistant.adapters import training_ledger
 
     turns = [_turn("c", "hello", memory_ids=["m1"]), _turn("c", "other", memory_ids=["m2"])]
     ex = dataset.Example([{"role": "user", "content": "hello"}], "hi", "rating", turn_id=turns[0].id)

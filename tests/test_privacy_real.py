@@ -11,8 +11,9 @@ import pytest
 from assistant import paths, privacy
 from assistant import settings as settings_mod
 from assistant.core import Assistant
+from personalization.learner import Learner
 from personalization import dataset
-from personalization.adapters import AdapterStore
+from assistant.adapters import AdapterStore
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(2400)]
 
@@ -27,7 +28,7 @@ def _files_with(root: Path, needle: bytes) -> list[Path]:
 
 
 def test_forgetting_the_parrot_reaches_memory_journal_training_set_and_adapter(home, real_engine):
-    assistant = Assistant(settings_mod.load(env={}), engine=real_engine)
+    assistant = Assistant(settings_mod.load(env={}), engine=real_engine, learner=Learner)
     assistant.chat("pia", "chef").send(f"My parrot is called {NAME}.", temperature=0, max_new_tokens=8).collect()
     for q in PHRASINGS:  # memory off: the adapter is what learns it
         chat = assistant.chat("pia", "chef", use_memory=False)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.real
 
 def run_cli(*args, home, stdin=None, timeout=300):
     env = dict(os.environ, ASSISTANT_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], env=env, input=stdin,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from assistant import settings as settings_mod
-from assistant.cli import build_parser, main
+from cli.main import build_parser, main
 from assistant.engine import GenParams
 from assistant.errors import AssistantError, BadInputError, ConfigError
 from assistant.safety import clean_text
@@ -69,7 +69,7 @@ def test_memory_add_with_invalid_utf8_is_replaced_not_fatal(home, capsys):
 
 def test_binary_bytes_on_stdin_for_ask_do_not_crash(home):
     env = dict(os.environ, ASSISTANT_MEMORY_ENABLED="false", ASSISTANT_MODEL_NAME=str(home / "no-model"))
-    proc = subprocess.run([sys.executable, "-m", "assistant.cli", "ask", "-q", "-"], input=b"\xff\xfe\x00bad \xc3(",
+    proc = subprocess.run([sys.executable, "-m", "cli", "ask", "-q", "-"], input=b"\xff\xfe\x00bad \xc3(",
                           capture_output=True, env=env, cwd=ROOT, timeout=300)
     assert b"Traceback" not in proc.stderr
     assert proc.returncode != 0 and b"error:" in proc.stderr  # the missing model, clearly, not the bytes
@@ -122,7 +122,7 @@ def test_fuzz_option_values_parse_or_exit_cleanly(flag, value):
 @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(message=st.text(max_size=300), reply=st.text(max_size=100))
 def test_fuzz_journal_takes_any_message(home, message, reply):
-    from personalization.journal import Journal, Turn, new_turn_id
+    from assistant.journal import Journal, Turn, new_turn_id
 
     j = Journal("fuzz")
     try:
@@ -159,7 +159,7 @@ def test_damaged_vector_index_is_rebuilt_with_a_notice(home, damage, capsys):
 
 
 def test_damaged_journal_is_moved_aside_and_readable_rows_kept(home, capsys):
-    from personalization.journal import Journal, Turn, new_turn_id
+    from assistant.journal import Journal, Turn, new_turn_id
 
     j = Journal("alice")
     conv = j.new_conversation("general")
@@ -183,7 +183,7 @@ def test_damaged_journal_is_moved_aside_and_readable_rows_kept(home, capsys):
 
 
 def test_garbage_journal_is_replaced_not_fatal(home):
-    from personalization.journal import Journal
+    from assistant.journal import Journal
 
     path = home / "users" / "alice" / "journal.sqlite3"
     path.parent.mkdir(parents=True)

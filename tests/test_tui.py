@@ -420,10 +420,9 @@ async def test_memory_browser_lists_and_deletes():
 
 
 def test_cli_registers_tui_subcommand():
-    from assistant import cli
+    from cli.main import build_parser
 
-    cli._load_extra()
-    parser = cli.build_parser()
+    parser = build_parser()
     args = parser.parse_args(["tui", "--user", "carol", "--pack", "general"])
     assert args.cmd == "tui" and args.user == "carol" and args.pack == "general"
 
@@ -439,7 +438,7 @@ def publish_tiny(tokenizer, user, pack, loss=1.0):
     """A saved tiny LoRA published as the next version of ``user``/``pack``."""
     from assistant import settings as settings_mod
     from personalization import trainer
-    from personalization.adapters import AdapterStore
+    from assistant.adapters import AdapterStore
     from tests.conftest import make_tiny_model
 
     store = AdapterStore(user, pack)
@@ -469,7 +468,7 @@ async def send_from_thread(app, user, pack, event):
 
 
 async def test_learning_panel_pending_versions_gate_and_rollback(tiny_tokenizer):
-    from personalization.adapters import AdapterStore
+    from assistant.adapters import AdapterStore
     from personalization.learner import _write_state
     from tui.screens import LearningScreen
 

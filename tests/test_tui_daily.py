@@ -115,7 +115,7 @@ async def test_memories_panel_lists_notes_with_citation_and_memories_with_text()
 async def test_learning_panel_names_the_thresholds_of_a_rejection():
     import time
 
-    from personalization.adapters import AdapterStore
+    from assistant.adapters import AdapterStore
     from personalization.learner import _write_state
 
     gate = dict(GATE, live=dict(GATE["live"], user_loss=1.25), candidate=dict(GATE["candidate"], user_loss=1.23))

@@ -488,6 +488,9 @@ def make_app(settings: Any, assistant: Any = None, user: str | None = None, pack
 
         assistant = Assistant(settings)
     from assistant.settings import ChatSettings
+    from personalization.learner import attach
+
+    attach(assistant)  # the TUI watches and runs learning rounds
 
     # The user and pack last used here, while config.toml (or a flag) names neither. The user
     # is also every other command's default (assistant.settings.load applies it).

@@ -115,7 +115,7 @@ class LearningScreen(ModalScreen[None]):
 
     # ------------------------------------------------------------------ data
     def _store(self) -> Any:
-        from personalization.adapters import AdapterStore
+        from assistant.adapters import AdapterStore
 
         return AdapterStore(self.user, self.pack)
 
@@ -178,7 +178,7 @@ class LearningScreen(ModalScreen[None]):
         self.live = live
         pack_live = None
         try:
-            from personalization.adapters import pack_store
+            from assistant.adapters import pack_store
 
             pack_live = pack_store(self.pack).current()
         except Exception:  # noqa: BLE001

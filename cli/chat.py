@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from assistant.cli import _err, _gen_overrides, _print_sources
+from cli.common import err, gen_overrides, print_sources
 from assistant.errors import AssistantError
 
 CHAT_HELP = """commands:
@@ -30,6 +30,9 @@ class _ChatLearning:
     prints when one starts and finishes (between answers, never inside one)."""
 
     def __init__(self, assistant: Any) -> None:
+        from personalization.learner import attach
+
+        attach(assistant)
         import threading
 
         self.assistant = assistant
@@ -63,7 +66,7 @@ class _ChatLearning:
             if self._busy:
                 self._held.append(text)
                 return
-        _err(f"\n{text}")
+        err(f"\n{text}")
         sys.stderr.write("you> ")
         sys.stderr.flush()
 
@@ -72,7 +75,7 @@ class _ChatLearning:
             self._busy = value
             held, self._held = (self._held, []) if not value else ([], self._held)
         for text in held:
-            _err(text)
+            err(text)
 
     def outlook(self, chat: Any) -> str:
         from assistant.learning_notice import feedback_outlook
@@ -90,7 +93,7 @@ class _ChatLearning:
         if not self.on:
             return
         if self._running:
-            _err("[stopping the learning round in progress: it runs again next time]")
+            err("[stopping the learning round in progress: it runs again next time]")
         self.learner.stop()
         if self._event in self.learner.listeners:
             self.learner.listeners.remove(self._event)
@@ -100,7 +103,7 @@ def _chat_answer(chat: Any, text: str, args: argparse.Namespace) -> None:
     from assistant.engine import CancelToken
 
     cancel = CancelToken()
-    reply = chat.send(text, cancel=cancel, **_gen_overrides(args))
+    reply = chat.send(text, cancel=cancel, **gen_overrides(args))
     sys.stdout.write("assistant> ")
     try:
         for chunk in reply:
@@ -114,7 +117,7 @@ def _chat_answer(chat: Any, text: str, args: argparse.Namespace) -> None:
     if reply.stats.finish_reason == "length":
         sys.stdout.write(f"…[stopped at {reply.stats.completion_tokens} tokens — type /continue to continue]")
     sys.stdout.write("\n")
-    _print_sources(reply)
+    print_sources(reply)
 
 
 def _chat_command(text: str, chat: Any, assistant: Any, learning: _ChatLearning, args: argparse.Namespace) -> bool:
@@ -163,9 +166,9 @@ def _chat_command(text: str, chat: Any, assistant: Any, learning: _ChatLearning,
 def run_chat(args: argparse.Namespace, assistant: Any) -> int:
     """`assistant chat`: read lines until /exit or end of input."""
     chat = assistant.chat(args.user, args.pack, use_memory=not args.no_memory, use_adapter=not args.no_adapter)
-    _err(f"chatting as {chat.user} with the {chat.pack.name} pack. /help for commands, /exit to quit.")
+    err(f"chatting as {chat.user} with the {chat.pack.name} pack. /help for commands, /exit to quit.")
     if chat.pack.disclaimer:
-        _err(chat.pack.disclaimer)
+        err(chat.pack.disclaimer)
     learning = _ChatLearning(assistant)
     try:
         while True:
@@ -188,6 +191,6 @@ def run_chat(args: argparse.Namespace, assistant: Any) -> int:
                 finally:
                     learning.busy(False)
             except AssistantError as exc:
-                _err(f"error: {exc}")
+                err(f"error: {exc}")
     finally:
         learning.close()

@@ -1,4 +1,4 @@
-"""`assistant serve` and `assistant api-key ...` (imported by assistant.cli; keep the imports light)."""
+"""`assistant serve` and `assistant api-key ...` (imported by cli.main; keep the imports light)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def _err(msg: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from assistant import api, api_keys
+    import api
+    from api import keys as api_keys
     from assistant import settings as settings_mod
 
     settings = settings_mod.load(overrides={"model.name": args.model, "chat.user": args.user})
@@ -47,7 +48,7 @@ def _default_user() -> str:
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
-    from assistant import api_keys
+    from api import keys as api_keys
 
     action = args.api_key_cmd
     if action == "create":

@@ -7,10 +7,10 @@ from typing import Any
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    from assistant.cli import _settings
+    from cli.common import settings_from
     from assistant.core import Assistant
 
-    settings = _settings(args)
+    settings = settings_from(args)
     from tui.app import make_app  # textual is imported here, not at registration
 
     app = make_app(settings, Assistant(settings), user=args.user, pack=args.pack)

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 from assistant import crypto, paths
 from assistant.errors import AssistantError
 from memory.locking import user_lock
-from personalization import journal_db
+from assistant import journal_db
 
 FORGOTTEN = "[forgotten]"
 

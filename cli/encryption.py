@@ -29,7 +29,7 @@ def _ask(what: str, env: str, confirm: bool) -> str:
 
 def cmd_encryption(args: argparse.Namespace) -> int:
     from assistant import crypto, encryption
-    from assistant.cli import _settings
+    from cli.common import settings_from
 
     action = args.enc_cmd
     if action == "status":
@@ -39,7 +39,7 @@ def cmd_encryption(args: argparse.Namespace) -> int:
         fresh = crypto.read_state() is None
         secret = _ask("passphrase", crypto.ENV, confirm=fresh)
         crypto.check_passphrase(secret)
-        lines = encryption.turn_on(secret, _settings(args))
+        lines = encryption.turn_on(secret, settings_from(args))
         if args.keyring:
             crypto.keyring_set(secret)
             lines.append("kept the passphrase in the OS keyring (`assistant encryption lock` removes it)")
@@ -50,7 +50,7 @@ def cmd_encryption(args: argparse.Namespace) -> int:
     if action == "off":
         if not args.yes:
             raise EncryptionError("this writes every journal, memory and adapter back in plain form: add --yes")
-        print("\n".join(encryption.turn_off(_settings(args))))
+        print("\n".join(encryption.turn_off(settings_from(args))))
         return 0
     if action == "unlock":
         secret = _ask("passphrase", crypto.ENV, confirm=False)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from assistant import api_keys
-from assistant.api.errors import ApiError, error_response
+from api import keys as api_keys
+from api.errors import ApiError, error_response
 
 ROUTE_SCOPES: list[tuple[str, str, str | None, bool]] = [
     # method, path, scope (None: any valid key), prefix match

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant.api.errors import ApiError, unsupported
+from api.errors import ApiError, unsupported
 from assistant.grammar import TOOL_CLOSE, TOOL_OPEN, Tool
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

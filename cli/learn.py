@@ -8,13 +8,17 @@ import sys
 from typing import Any
 
 from assistant.errors import AssistantError
+from cli.common import count_arg
 
 
 def _assistant(args: argparse.Namespace):
-    from assistant.cli import _settings
+    from cli.common import settings_from
     from assistant.core import Assistant
 
-    return Assistant(_settings(args), progress=lambda m: print(f"[{m}]", file=sys.stderr, flush=True))
+    from personalization.learner import Learner
+
+    return Assistant(settings_from(args), progress=lambda m: print(f"[{m}]", file=sys.stderr, flush=True),
+                     learner=Learner)
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -65,7 +69,7 @@ def cmd_pack_train(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     print(result.table())
     if result.promoted:
-        from personalization.adapters import pack_store
+        from assistant.adapters import pack_store
 
         store = pack_store(pack.id)
         engine.set_adapter(f"pack/{pack.id}/{result.version}", store.deltas(result.version, engine.model))
@@ -76,7 +80,7 @@ def cmd_pack_train(args: argparse.Namespace) -> int:
 
 def cmd_adapters(args: argparse.Namespace) -> int:
     from assistant import settings as settings_mod
-    from personalization.adapters import AdapterStore
+    from assistant.adapters import AdapterStore
 
     settings = settings_mod.load(overrides={"chat.user": args.user, "chat.pack": args.pack})
     store = AdapterStore(settings.chat.user, settings.chat.pack)
@@ -108,12 +112,6 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         print(f"removed {', '.join(removed) if removed else 'nothing'}")
         return 0
     raise AssistantError(f"unknown action {action}")  # pragma: no cover
-
-
-def count_arg(low: int, high: int) -> Any:
-    from assistant.cli import count_arg as make
-
-    return make(low, high)
 
 
 def register(sub: Any) -> None:

@@ -10,17 +10,21 @@ from assistant.errors import AssistantError, ConfigError
 
 def make_app(assistant: Any, *, keys_path: Path | None = None, audit_path: Path | None = None) -> Any:
     """The FastAPI app around ``assistant`` (an ``assistant.core.Assistant``)."""
+    from personalization.learner import attach
+
+    attach(assistant)  # feedback through the API is learned from like the TUI's
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from assistant import api_keys, paths
-    from assistant.api import chat, routes
-    from assistant.api.auth import Audit, GuardMiddleware
-    from assistant.api.deps import Ctx
-    from assistant.api.errors import ApiError, error_response, from_assistant_error
+    from api import keys as api_keys
+    from assistant import paths
+    from api import chat, routes
+    from api.auth import Audit, GuardMiddleware
+    from api.deps import Ctx
+    from api.errors import ApiError, error_response, from_assistant_error
 
     keys_path = Path(keys_path) if keys_path else api_keys.keys_file()
     audit = Audit(Path(audit_path) if audit_path else paths.api_dir() / "audit.log")
@@ -71,7 +75,7 @@ def serve(settings: Any, host: str | None = None, port: int | None = None, allow
     """Load the model, then serve until interrupted (uvicorn)."""
     import uvicorn
 
-    from assistant.api.auth import is_loopback
+    from api.auth import is_loopback
     from assistant.core import Assistant
 
     host = host or settings.api.host
@@ -79,7 +83,9 @@ def serve(settings: Any, host: str | None = None, port: int | None = None, allow
     if not is_loopback(host) and not allow_remote:
         raise ConfigError(f"refusing to serve on {host}: only literal loopback addresses (127.0.0.1, ::1, localhost) "
                           "unless you add --allow-remote")
-    assistant = Assistant(settings, progress=progress)
+    from personalization.learner import Learner
+
+    assistant = Assistant(settings, progress=progress, learner=Learner)
     _ = assistant.engine  # load now, so the first request is not slow
     app = make_app(assistant)
     # Learning rounds start by themselves once enough feedback has gathered and users are idle.

@@ -23,7 +23,7 @@ duration; never message text or query strings.
 
 from __future__ import annotations
 
-from assistant.api.app import make_app, serve
-from assistant.api.auth import is_loopback
+from api.app import make_app, serve
+from api.auth import is_loopback
 
 __all__ = ["make_app", "serve", "is_loopback"]

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from starlette.responses import StreamingResponse
 
-from assistant.api.errors import ApiError, as_api_error, error_body
+from api.errors import ApiError, as_api_error, error_body
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

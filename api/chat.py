@@ -25,11 +25,11 @@ from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Request
 
-from assistant.api import streaming
-from assistant.api.deps import Ctx, ctx, scopes
-from assistant.api.errors import ApiError, unsupported
-from assistant.api.schemas import ChatRequest, parse
-from assistant.api.structured import Structure, ToolStream, call_id, constraint_for, split_messages, structure_of
+from api import streaming
+from api.deps import Ctx, ctx, scopes
+from api.errors import ApiError, unsupported
+from api.schemas import ChatRequest, parse
+from api.structured import Structure, ToolStream, call_id, constraint_for, split_messages, structure_of
 
 router = APIRouter()
 

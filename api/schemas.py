@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from assistant.api.errors import ApiError, unsupported
+from api.errors import ApiError, unsupported
 
 
 class _Body(BaseModel):

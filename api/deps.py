@@ -11,8 +11,8 @@ from typing import Any
 
 from fastapi import Request
 
-from assistant.api.auth import resolve_user
-from assistant.api.errors import ApiError
+from api.auth import resolve_user
+from api.errors import ApiError
 
 
 class Worker:

@@ -10,11 +10,11 @@ from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Request
 
-from assistant.api import streaming
-from assistant.api.chat import finish_reason, usage
-from assistant.api.deps import Ctx, ctx
-from assistant.api.errors import ApiError, unsupported
-from assistant.api.schemas import CompletionRequest, EmbeddingRequest, FeedbackRequest, MemoryRequest, parse
+from api import streaming
+from api.chat import finish_reason, usage
+from api.deps import Ctx, ctx
+from api.errors import ApiError, unsupported
+from api.schemas import CompletionRequest, EmbeddingRequest, FeedbackRequest, MemoryRequest, parse
 
 router = APIRouter()
 DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -236,9 +236,9 @@ async def add_memory(request: Request, c: Ctx = Depends(ctx)):
         raise ApiError(400, "the memory text is empty", param="text")
 
     def run() -> Any:
-        from memory.extract import _attribute
+        from memory.extract import attribute
 
-        return c.store(uname).add(req.text, req.kind, attribute=_attribute(req.text))
+        return c.store(uname).add(req.text, req.kind, attribute=attribute(req.text))
 
     return _memory_json(await c.worker.run(run))
 
