@@ -21,13 +21,14 @@ from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
 from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
 from assistant.errors import AssistantError, PromptError
 from assistant.settings import Settings
+from assistant.text import clean_text
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def clean_message(message: str) -> str:
     """Drop control characters (binary junk) and surrounding space; refuse an empty message."""
-    text = _CONTROL_RE.sub("", safety.clean_text(message)).strip()
+    text = _CONTROL_RE.sub("", clean_text(message)).strip()
     if not text:
         raise PromptError("the message is empty: type a question or statement")
     return text

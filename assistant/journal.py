@@ -243,7 +243,7 @@ class Journal:
 
     # ------------------------------------------------------------ turns
     def record(self, turn: Turn) -> Turn:
-        from assistant.safety import clean_text
+        from assistant.text import clean_text
 
         turn.message, turn.reply = clean_text(turn.message), clean_text(turn.reply)
         turn.prompt = [{k: clean_text(v) for k, v in m.items()} for m in turn.prompt]
@@ -271,7 +271,7 @@ class Journal:
     def correct(self, turn_id: str, correction: str) -> None:
         if not correction.strip():
             raise AssistantError("a correction needs the better answer: /correct THE BETTER ANSWER")
-        from assistant.safety import clean_text
+        from assistant.text import clean_text
 
         self._feedback(turn_id, "correction=?", clean_text(correction).strip())
 

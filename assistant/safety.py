@@ -77,23 +77,3 @@ def after(pack: Pack, answer: str, user_facts: Iterable[str] = (), already: Iter
     if pack.notice:
         extra.append(pack.notice.strip())
     return ("\n\n" + "\n\n".join(extra)) if extra else ""
-
-
-def clean_text(text: object) -> str:
-    """``text`` as valid Unicode: bytes that were not UTF-8 (and lone surrogates) become U+FFFD.
-
-    Python hands undecodable command-line and file bytes over as lone surrogates, which the
-    tokenizer and SQLite refuse; replacing them keeps everything else the user wrote.
-    """
-    if isinstance(text, (bytes, bytearray)):
-        return bytes(text).decode("utf-8", "replace")
-    text = "" if text is None else str(text)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

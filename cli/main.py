@@ -18,7 +18,7 @@ from cli.common import add_common, err, gen_overrides, make_assistant, print_sou
 
 # ------------------------------------------------------------------------------ commands
 def cmd_ask(args: argparse.Namespace) -> int:
-    from assistant.safety import clean_text
+    from assistant.text import clean_text
 
     question = " ".join(args.question) if args.question else ""
     if question == "-":
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from assistant import paths
-    from assistant.safety import clean_text
+    from assistant.text import clean_text
 
     paths.private_umask()  # every file this process creates is the user's alone
     for stream in (sys.stdin, sys.stdout, sys.stderr):

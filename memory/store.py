@@ -850,7 +850,7 @@ def chunk_markdown(body: str, max_words: int = 120) -> list[tuple[str, str]]:
 
 
 def _clean(text: str) -> str:
-    from assistant.safety import clean_text
+    from assistant.text import clean_text
 
     text = clean_text(text)
     text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", text or "").strip()

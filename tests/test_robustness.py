@@ -17,7 +17,7 @@ from assistant import settings as settings_mod
 from cli.main import build_parser, main
 from assistant.engine import GenParams
 from assistant.errors import AssistantError, BadInputError, ConfigError
-from assistant.safety import clean_text
+from assistant.text import clean_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
