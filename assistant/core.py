@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 from assistant import packs as packs_mod
 from assistant import prompt as prompt_mod
 from assistant import safety
-from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
 from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
+from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
 from assistant.errors import PromptError
 from assistant.settings import Settings
 

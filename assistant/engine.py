@@ -441,7 +441,7 @@ class Engine:
 
         def common_prefix(held: list[int]) -> int:
             n = 0
-            for a, b in zip(held, ids):
+            for a, b in zip(held, ids, strict=False):
                 if a != b:
                     break
                 n += 1

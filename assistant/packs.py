@@ -85,7 +85,7 @@ def _nested_quantifier(pattern: str) -> bool:
         import re._parser as sre_parse  # type: ignore[import-not-found]
     except ImportError:  # Python 3.10 and older
         import sre_parse  # type: ignore[no-redef]
-    from re._constants import MAX_REPEAT, MIN_REPEAT, MAXREPEAT, POSSESSIVE_REPEAT  # type: ignore[import-not-found]
+    from re._constants import MAX_REPEAT, MAXREPEAT, MIN_REPEAT, POSSESSIVE_REPEAT  # type: ignore[import-not-found]
 
     repeats = (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT)
 

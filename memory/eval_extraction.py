@@ -15,7 +15,6 @@ from collections import Counter
 from assistant.paths import repo_data_dir
 from memory.extract import extract
 
-
 SETS = {"tuning": "extraction_set.jsonl", "heldout": "extraction_heldout.jsonl"}
 
 

@@ -36,8 +36,8 @@ import contextlib
 import json
 import math
 import os
-import re
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -281,7 +281,7 @@ class VectorCollection:
         where = sealed.seal_where(self.key, where) if self.seal else where
         with self._lock:
             rows = self._col.get(ids=list(ids) if ids is not None else None, where=where, include=["documents", "metadatas"])
-        return [self._memory(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"])]
+        return [self._memory(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=False)]
 
     def query(self, text: str, n: int, where: dict[str, Any] | None = None) -> list[Memory]:
         return self.query_vector(self.embedder.embed([text])[0], n, where)
@@ -309,7 +309,7 @@ class VectorCollection:
                 self.repair("the index returned one memory twice")  # a truncated index does that
         return [
             self._memory(i, d, m, dist)
-            for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0])
+            for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0], strict=False)
         ]
 
     def rebuild_without(self, drop: set[str]) -> None:
@@ -505,7 +505,6 @@ class MemoryStore:
 
     def __init__(self, user: str, settings: Any, root: Path | None = None, embedder: Any | None = None) -> None:
         from memory import embedder as embedder_mod
-
         from memory.locking import Guard
 
         key, seal = crypto.stores_key()  # locked or a wrong passphrase: refused before anything is touched

@@ -126,7 +126,7 @@ class Learner:
                                  seed_value=self.settings.seed)
         data.ledger_of = (turns, facts)  # what the version will have seen (adapters.training_ledger)
         data.left_out = self._screen(data, pack, mem)
-        live = store.current()
+        store.current()  # raises AdapterError when `current` names a missing version
         # Where this round starts from and what it must beat: the user's live adapter, else the
         # pack's starting adapter (`assistant pack train`), else the base model.
         from personalization.adapters import live_for

@@ -218,7 +218,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
-        for item, value in zip(batch, values):
+        for item, value in zip(batch, values, strict=False):
             tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
             loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
             if item["own"]:

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("sqlcipher3")  # the `encryption` extra (scripts/install.sh installs it)
 
-from assistant import crypto, settings as settings_mod
+from assistant import crypto
+from assistant import settings as settings_mod
 from assistant.cli import main
 from assistant.core import Assistant
 from assistant.errors import LockedError, WrongPassphraseError

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("textual")
 
 from assistant.core import Assistant  # noqa: E402
-from assistant.engine import GenStats, Generation  # noqa: E402
+from assistant.engine import Generation, GenStats  # noqa: E402
 from assistant.settings import Settings  # noqa: E402
 
 SIZE = (100, 30)
@@ -330,7 +330,7 @@ async def test_help_lists_bindings_and_remapping():
 
         assert isinstance(app.screen, HelpScreen)
         text = str(app.screen.query_one("#help-text").render())
-        for action, _key, desc in KEYS:
+        for _action, _key, desc in KEYS:
             assert desc in text
         assert "f9" in text
         await pilot.press("escape")

@@ -25,10 +25,18 @@ from assistant.settings import remember_choice, remembered_choice
 from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
 from tui.app_loading import LoadingMixin
 from tui.app_nav import NavMixin
-from tui.keys import KEYS, OTHER_KEYS, SHOWN as _SHOWN, clashes, multiplexer_keys
+from tui.keys import KEYS, OTHER_KEYS, clashes, multiplexer_keys
+from tui.keys import SHOWN as _SHOWN
 from tui.screens import EditScreen, HelpScreen, MemoryScreen, OnboardingScreen
 from tui.widgets import (
-    AssistantMessage, ChatLog, CorrectionMessage, NoteMessage, PromptInput, Sidebar, StarterQuestion, UserMessage,
+    AssistantMessage,
+    ChatLog,
+    CorrectionMessage,
+    NoteMessage,
+    PromptInput,
+    Sidebar,
+    StarterQuestion,
+    UserMessage,
     format_memories,
 )
 

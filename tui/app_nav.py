@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from assistant.errors import AssistantError
 from assistant.settings import remember_choice
 from tui.screens import ConversationsScreen, PackScreen
