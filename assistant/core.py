@@ -145,7 +145,7 @@ class Assistant:
         values: dict[str, Any] = {k: getattr(defaults, k) for k in names}
         values.update({k: v for k, v in pack.generation.items() if k in values})
         g = self.settings.generation
-        user_set = getattr(self.settings, "user_set", set())
+        user_set: set[str] = getattr(self.settings, "user_set", set())
         # what the user set (even to the default's value), or what a caller changed in place
         values.update({k: getattr(g, k) for k in names
                        if f"generation.{k}" in user_set or getattr(g, k) != getattr(defaults, k)})

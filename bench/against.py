@@ -172,6 +172,12 @@ def compare(args: Any) -> None:
     _table(results, rounds, args.threads, before, os.getloadavg())
 
 
+def _fmt(value: float, key: str, unit: str) -> str:
+    if key in ("peak_rss_mb", "prefill_tok_s"):
+        return f"{value:.0f}"
+    return f"{value:.2f}" if unit == "s" else f"{value:.1f}"
+
+
 def _table(results: dict[str, list[dict[str, Any]]], rounds: int, threads: int, before: tuple, after: tuple) -> None:
     ours, theirs = results["ours"], results["llama-cpp"]
     print(f"\n{rounds} interleaved rounds, {threads} threads, greedy; medians. ours: {ours[0]['path']}, a rank-8 adapter merged; "
@@ -182,7 +188,6 @@ def _table(results: dict[str, list[dict[str, Any]]], rounds: int, threads: int, 
         a = statistics.median(r[key] for r in ours)
         b = statistics.median(r[key] for r in theirs)
         ratio = a / b if b else float("nan")
-        fmt = (lambda v: f"{v:.0f}") if key in ("peak_rss_mb", "prefill_tok_s") else (lambda v, unit=unit: f"{v:.2f}" if unit == "s" else f"{v:.1f}")
         note = "x" if higher else "x (lower is better)"
-        print(f"| {label} | {fmt(a)} {unit} | {fmt(b)} {unit} | {ratio:.2f}{note} |")
+        print(f"| {label} | {_fmt(a, key, unit)} {unit} | {_fmt(b, key, unit)} {unit} | {ratio:.2f}{note} |")
     sys.stdout.flush()

@@ -197,11 +197,11 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     per = report["forgetting"]["per_user"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     names = [u["user"] for u in per]
-    xs = range(len(per))
+    user_xs = range(len(per))
     for ax, key, title in ((a1, "guard_ppl", "guard-set perplexity"), (a2, "pack_eval", "pack eval pass rate")):
-        ax.bar([x - 0.2 for x in xs], [u[f"{key}_before"] or 0 for u in per], 0.4, label="before (base)")
-        ax.bar([x + 0.2 for x in xs], [u[f"{key}_after"] or 0 for u in per], 0.4, label="after (user's adapter)")
-        ax.set_xticks(list(xs), names, rotation=60, fontsize=7)
+        ax.bar([x - 0.2 for x in user_xs], [u[f"{key}_before"] or 0 for u in per], 0.4, label="before (base)")
+        ax.bar([x + 0.2 for x in user_xs], [u[f"{key}_after"] or 0 for u in per], 0.4, label="after (user's adapter)")
+        ax.set_xticks(list(user_xs), names, rotation=60, fontsize=7)
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.suptitle("Forgetting: before vs after each user's learning")
