@@ -19,12 +19,12 @@ def make_app(assistant: Any, *, keys_path: Path | None = None, audit_path: Path 
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from api import keys as api_keys
-    from assistant import paths
     from api import chat, routes
+    from api import keys as api_keys
     from api.auth import Audit, GuardMiddleware
     from api.deps import Ctx
     from api.errors import ApiError, error_response, from_assistant_error
+    from assistant import paths
 
     keys_path = Path(keys_path) if keys_path else api_keys.keys_file()
     audit = Audit(Path(audit_path) if audit_path else paths.api_dir() / "audit.log")

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 from api import keys as api_keys
 from api.errors import ApiError, error_response
@@ -118,7 +118,7 @@ class GuardMiddleware:
         status = {"code": 0}
         app_state = scope.setdefault("state", {})
 
-        async def send_wrapper(message: dict[str, Any]) -> None:
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends, Request
 
@@ -256,7 +256,7 @@ async def _stream(c: Ctx, request: Request, req: ChatRequest):
                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
                               **extra})
 
-    async def events():
+    async def events() -> AsyncIterator[str]:
         item = first
         while True:
             kind, value = item

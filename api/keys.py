@@ -13,6 +13,7 @@ a key made before keys had users acts only for the default user) and carries sco
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -42,8 +43,8 @@ ALL_USERS = "*"
 @dataclass(frozen=True)
 class Key:
     name: str
-    scopes: "list[str]"
-    users: "list[str] | None"  # folder names, ["*"], or None: a key from before users (default user only)
+    scopes: "builtins.list[str]"
+    users: "builtins.list[str] | None"  # folder names, ["*"], or None: a key from before users (default user only)
 
 
 def keys_file() -> Path:
@@ -54,7 +55,7 @@ def _hash(salt: str, key: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + key.encode("utf-8")).hexdigest()
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def _read(path: Path) -> builtins.list[dict[str, Any]]:
     if not path.exists():
         return []
     try:
@@ -73,7 +74,7 @@ def _write(path: Path, entries: Iterable[dict[str, Any]]) -> None:
     _cache.pop(str(path), None)
 
 
-def parse_scopes(scopes: str | Iterable[str]) -> list[str]:
+def parse_scopes(scopes: str | Iterable[str]) -> builtins.list[str]:
     """``"chat,memory:read"`` or a list -> a checked, de-duplicated list in canonical order."""
     items = [s.strip() for s in scopes.split(",")] if isinstance(scopes, str) else [str(s).strip() for s in scopes]
     items = [s for s in items if s]
@@ -107,7 +108,7 @@ def user_folder(name: str) -> str:
     return f"{slug}-{digest}"
 
 
-def parse_users(users: str | Iterable[str]) -> "list[str]":
+def parse_users(users: str | Iterable[str]) -> "builtins.list[str]":
     """``"alice,bob@example.com"`` or a list -> folder names (as the API maps them), or ``["*"]``."""
     items = [u.strip() for u in users.split(",")] if isinstance(users, str) else [str(u).strip() for u in users]
     items = [u for u in items if u]
@@ -115,7 +116,7 @@ def parse_users(users: str | Iterable[str]) -> "list[str]":
         raise AssistantError("a key needs a user: --user NAME (several: --user alice,bob; every user: --user '*')")
     if ALL_USERS in items:
         return [ALL_USERS]
-    out: list[str] = []
+    out: builtins.list[str] = []
     for item in items:
         folder = user_folder(item)
         if folder not in out:
@@ -144,7 +145,7 @@ def create(name: str, scopes: str | Iterable[str], *, users: str | Iterable[str]
     return key
 
 
-def list(*, path: Path | None = None) -> "list[dict[str, Any]]":  # noqa: A001 - the issue names it so
+def list(*, path: Path | None = None) -> "builtins.list[dict[str, Any]]":  # noqa: A001 - the issue names it so
     """Apps with keys: name, scopes and creation time (never the hashes)."""
     return [
         {"name": e.get("name"), "scopes": e.get("scopes", []), "users": e.get("users"), "created": e.get("created", 0.0)}
@@ -162,7 +163,7 @@ def revoke(name: str, *, path: Path | None = None) -> None:
         _write(path, kept)
 
 
-def _entries_cached(path: Path) -> "list[dict[str, Any]]":
+def _entries_cached(path: Path) -> "builtins.list[dict[str, Any]]":
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -189,11 +190,11 @@ def find(key: str | None, *, path: Path | None = None) -> Key | None:
         if ok and found is None:
             users = e.get("users")
             found = Key(e["name"], [s for s in e.get("scopes", []) if s in SCOPES],
-                        [str(u) for u in users] if isinstance(users, type([])) and users else None)
+                        [str(u) for u in users] if isinstance(users, builtins.list) and users else None)
     return found
 
 
-def check(key: str | None, *, path: Path | None = None) -> tuple[str, "list[str]"] | None:
+def check(key: str | None, *, path: Path | None = None) -> tuple[str, "builtins.list[str]"] | None:
     """``(app name, scopes)`` for a valid key, else None."""
     found = find(key, path=path)
     return (found.name, found.scopes) if found is not None else None

@@ -101,8 +101,10 @@ def _select_adapter(c: Ctx, user: str, pack: Any) -> None:
     """The user's live adapter for the pack, chosen by the chat's own rule (one owner)."""
     from assistant.core import Chat
 
-    Chat._select_adapter(SimpleNamespace(user=user, pack=pack, use_adapter=True), c.assistant.engine,
-                         SimpleNamespace(adapter=None))
+    # Chat's rule on stand-ins: it reads only the chat's user, pack and use_adapter and the reply's adapter
+    chat: Any = SimpleNamespace(user=user, pack=pack, use_adapter=True)
+    reply: Any = SimpleNamespace(adapter=None)
+    Chat._select_adapter(chat, c.assistant.engine, reply)
 
 
 def legacy_logprobs(recorder: Any, start: int, offset: int) -> dict[str, Any] | None:

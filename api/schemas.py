@@ -118,7 +118,8 @@ def _check_fields(data: dict[str, Any], model: type[BaseModel]) -> None:
 
 
 def _validation_error(exc: ValidationError) -> ApiError:
-    first = exc.errors()[0] if exc.errors() else {}
+    errors = exc.errors()
+    first: dict[str, Any] = dict(errors[0]) if errors else {}
     loc = ".".join(str(p) for p in first.get("loc", ()))
     return ApiError(422, f"invalid request: {loc or 'body'}: {first.get('msg', 'wrong type')}", code="invalid_type",
                     param=loc or None)

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from api import keys as api_keys
-        from assistant import settings as settings_mod
         from api import make_app
+        from assistant import settings as settings_mod
         from assistant.core import Assistant
         from assistant.engine import Engine
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, Protocol
 from assistant import packs as packs_mod
 from assistant import prompt as prompt_mod
 from assistant import safety
-from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
 from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
+from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
 from assistant.errors import AssistantError, PromptError
 from assistant.settings import Settings
 from assistant.text import clean_text
@@ -167,7 +167,7 @@ class Assistant:
         values: dict[str, Any] = {k: getattr(defaults, k) for k in names}
         values.update({k: v for k, v in pack.generation.items() if k in values})
         g = self.settings.generation
-        user_set = getattr(self.settings, "user_set", set())
+        user_set: set[str] = getattr(self.settings, "user_set", set())
         # what the user set (even to the default's value), or what a caller changed in place
         values.update({k: getattr(g, k) for k in names
                        if f"generation.{k}" in user_set or getattr(g, k) != getattr(defaults, k)})

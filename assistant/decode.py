@@ -50,7 +50,8 @@ class StaticKV:
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: Any) -> None:
         self.shape = (layers, kv_heads, 0, head_dim)
         self.dtype = dtype
-        self.k = self.v = None
+        self.k: Any = None  # the [layer, kv_head, pos, dim] tensors once reserve() has run
+        self.v: Any = None
         self.length = 0
 
     def reserve(self, positions: int) -> None:

@@ -73,10 +73,10 @@ def convert_all(settings: Any) -> list[str]:
 
 def convert_user(user: str, settings: Any) -> list[str]:
     """One user's journal, memory store and adapters, converted under the user's lock."""
-    from memory.locking import bump_generation, user_lock
-    from memory.store import MemoryStore
     from assistant import adapters
     from assistant.journal import Journal
+    from memory.locking import bump_generation, user_lock
+    from memory.store import MemoryStore
 
     key, seal = crypto.stores_key()
     folder = paths.user_dir(user)

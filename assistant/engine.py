@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from assistant.calibration import (  # noqa: F401  (re-exported: cli imports them from here)
     CALIBRATION_FILE,
@@ -26,6 +26,9 @@ from assistant.calibration import (  # noqa: F401  (re-exported: cli imports the
     write_quantized,
 )
 from assistant.errors import Cancelled, ModelError, PromptError
+
+if TYPE_CHECKING:
+    from assistant.decode import Decoder, StaticKV
 
 # OpenMP threads that spin while waiting lose badly when the cores are shared (a small int8 matmul
 # went from 0.14 ms to several ms with 2 spinning threads on a busy 2-core machine; see
@@ -154,6 +157,11 @@ def _dtype(name: str):
 class Engine:
     """A loaded causal LM with a tokenizer; one generation at a time (``lock``)."""
 
+    # Set by from_settings (an engine built directly from a model has none of them).
+    load_seconds: float
+    convert_seconds: float
+    folder: Path
+
     def __init__(
         self,
         model: Any,
@@ -185,8 +193,8 @@ class Engine:
         self.config = model.config
         max_pos = getattr(model.config, "max_position_embeddings", None) or context_tokens
         self.context_tokens = min(context_tokens, int(max_pos))
-        self._decoder = None  # the hand-written int8 decode step (assistant/decode.py), if it fits
-        self._kv = None  # its preallocated KV buffer, reused by every reply
+        self._decoder: Decoder | None = None  # the hand-written int8 decode step (assistant/decode.py), if it fits
+        self._kv: StaticKV | None = None  # its preallocated KV buffer, reused by every reply
         self.decode_path = "transformers"
         if decode_dtype == "int8":
             self._setup_int8(model, fast_decode, quantized)
@@ -349,14 +357,15 @@ class Engine:
             session.ids = list(ids)
             if fresh:
                 self._shared = KVSession(list(ids), _copy_cache(cache, len(ids), self.config), self.adapter_id)
-            fast = self._decoder is not None
+            int8_step = self._decoder
+            fast = int8_step is not None
             if self.decode_dtype != self.prefill_dtype and not fast:
                 _cast_cache(cache, _dtype(self.decode_dtype))
             decoder = _Detokenizer(self.tokenizer, params.stop)
             produced: list[int] = []
             stats.finish_reason = "length"
             t_first = None
-            kv = None  # the fast path's KV buffer once decoding started
+            kv: StaticKV | None = None  # the fast path's KV buffer once decoding started
             try:
                 while True:
                     if cancel is not None and cancel.cancelled:
@@ -383,11 +392,12 @@ class Engine:
                     if cancel is not None and cancel.cancelled:
                         stats.finish_reason = "cancelled"
                         break
-                    if fast:
+                    if int8_step is not None:
                         if kv is None:
                             kv = self._kv
+                            assert kv is not None  # made with the decoder (_setup_int8)
                             kv.load(cache, len(session.ids), len(ids) + budget)
-                        logits = self._decoder.step(token, kv)
+                        logits = int8_step.step(token, kv)
                     else:
                         logits = self._forward(self.decode_dtype, [token], cache)
                     session.ids.append(token)
@@ -441,7 +451,7 @@ class Engine:
 
         def common_prefix(held: list[int]) -> int:
             n = 0
-            for a, b in zip(held, ids):
+            for a, b in zip(held, ids, strict=False):
                 if a != b:
                     break
                 n += 1

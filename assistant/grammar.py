@@ -302,7 +302,7 @@ class LogprobRecorder:
             prefix = list(self.prompt_ids) + [e["token_id"] for e in out]
             tokens = tokens[: max(0, self._engine.context_tokens - len(prefix))]
             if tokens:
-                for row, token in zip(self._engine.forced_logits(prefix, tokens), tokens):
+                for row, token in zip(self._engine.forced_logits(prefix, tokens), tokens, strict=False):
                     out.append(self._entry(torch.log_softmax(row.float(), dim=-1), token))
         return out
 
@@ -314,7 +314,7 @@ class LogprobRecorder:
         entry = {"token_id": int(token), "logprob": float(lp[int(token)]), "top": []}
         if self.top:
             values, idx = lp.topk(self.top)
-            entry["top"] = [(int(i), float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+            entry["top"] = [(int(i), float(v)) for v, i in zip(values.tolist(), idx.tolist(), strict=False)]
         return entry
 
     def token_text(self, token_id: int) -> str:

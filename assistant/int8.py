@@ -29,11 +29,14 @@ def available() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _module_class():
+def _module_class() -> Any:
     import torch
 
     class Int8Linear(torch.nn.Module):
         """``y = x @ (q * scale).T (+ bias)`` with ``q`` int8 per output row."""
+
+        qweight: torch.Tensor  # buffers, registered in __init__
+        scales: torch.Tensor
 
         def __init__(self, weight: Any, bias: Any = None, dtype: Any = None, quantized: Any = None) -> None:
             """From a float ``weight`` (quantized here), or from ``quantized=(qweight, scales)``

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from assistant import crypto, paths
+from assistant import crypto, journal_db, paths
 from assistant.errors import AssistantError
 from memory.locking import user_lock
-from assistant import journal_db
 
 FORGOTTEN = "[forgotten]"
 
@@ -287,7 +286,8 @@ class Journal:
         return _turn(row) if row else None
 
     def turns(self, conversation_id: str | None = None, pack: str | None = None, since: float = 0.0) -> list[Turn]:
-        sql, args = "SELECT * FROM turns WHERE created >= ?", [since]
+        sql = "SELECT * FROM turns WHERE created >= ?"
+        args: list[float | str] = [since]
         if conversation_id:
             sql += " AND conversation_id=?"
             args.append(conversation_id)
@@ -336,7 +336,9 @@ class Journal:
         forgotten_ids, named = set(memory_ids), set(turn_ids)
 
         def hit(text: str | None, also_words: bool = True) -> bool:
-            return bool(text) and any(p.search(text) for p in pats + (word_pats if also_words else []))
+            if not text:
+                return False
+            return any(p.search(text) for p in pats + (word_pats if also_words else []))
 
         def scrub_text(text: str) -> str:
             for p in pats + word_pats:

@@ -38,7 +38,7 @@ def require_sqlcipher() -> Any:
 
 
 @functools.cache
-def _errors(name: str) -> tuple[type[BaseException], ...]:
+def _errors(name: str) -> tuple[type[Exception], ...]:
     """sqlite3's exception class ``name`` and sqlcipher3's (separate classes), when it is installed."""
     try:
         from sqlcipher3 import dbapi2
@@ -47,12 +47,12 @@ def _errors(name: str) -> tuple[type[BaseException], ...]:
     return (getattr(sqlite3, name), getattr(dbapi2, name))
 
 
-def db_errors() -> tuple[type[BaseException], ...]:
+def db_errors() -> tuple[type[Exception], ...]:
     """``DatabaseError`` of sqlite3 and of sqlcipher3."""
     return _errors("DatabaseError")
 
 
-def any_errors() -> tuple[type[BaseException], ...]:
+def any_errors() -> tuple[type[Exception], ...]:
     """``Error`` of sqlite3 and of sqlcipher3."""
     return _errors("Error")
 

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from assistant import paths
 from assistant.errors import ModelError
@@ -120,6 +120,7 @@ def convert_gguf(gguf: Path, target: Path, say: Progress | None = None) -> None:
     hf_logging.disable_progress_bar()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader draws its own progress bar
     size_mb = gguf.stat().st_size / 1e6
+    model: Any  # a transformers model: its attributes are set below past torch's Module stubs
     try:
         say(f"conversion 1/3: reading the tokenizer from {gguf.name}")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -189,7 +190,7 @@ _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "in
               "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _read_tensors(path: Path, dtype) -> dict[str, object]:
+def _read_tensors(path: Path, dtype) -> dict[str, Any]:
     """A safetensors file's tensors, floating ones cast to ``dtype``, read with plain reads one
     tensor at a time: no memory map, so the float32 file never counts in this process's RSS."""
     import torch
@@ -215,7 +216,7 @@ def _read_tensors(path: Path, dtype) -> dict[str, object]:
     return out
 
 
-def _load_direct(folder: Path, dtype) -> object | None:
+def _load_direct(folder: Path, dtype) -> Any | None:
     """The model of a one-file safetensors folder, or None when that is not safe to do here."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

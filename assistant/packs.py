@@ -28,8 +28,9 @@ _TOP_KEYS = {
     "starter_questions": list, "generation": dict, "extraction": dict, "red_flags": list,
 }
 _REQUIRED = ("schema_version", "id", "name", "version", "description", "persona")
-_GENERATION_KEYS = {"temperature": (int, float), "top_p": (int, float), "max_new_tokens": int}
-_EXTRACTION_KEYS = {"hints": list}
+_GENERATION_KEYS: dict[str, type | tuple[type, ...]] = {"temperature": (int, float), "top_p": (int, float),
+                                                        "max_new_tokens": int}
+_EXTRACTION_KEYS: dict[str, type | tuple[type, ...]] = {"hints": list}
 _RED_FLAG_KEYS = {"id": str, "patterns": list, "message": str, "mode": str}
 _JSONL_KEYS = {
     "train.jsonl": ({"id", "prompt", "answer"}, set()),
@@ -85,7 +86,7 @@ def _nested_quantifier(pattern: str) -> bool:
         import re._parser as sre_parse  # type: ignore[import-not-found]
     except ImportError:  # Python 3.10 and older
         import sre_parse  # type: ignore[no-redef]
-    from re._constants import MAX_REPEAT, MIN_REPEAT, MAXREPEAT, POSSESSIVE_REPEAT  # type: ignore[import-not-found]
+    from re._constants import MAX_REPEAT, MAXREPEAT, MIN_REPEAT, POSSESSIVE_REPEAT  # type: ignore[import-not-found]
 
     repeats = (MAX_REPEAT, MIN_REPEAT, POSSESSIVE_REPEAT)
 
@@ -137,9 +138,9 @@ def check_pattern(pattern: Any, probe: bool = False) -> str | None:
         return None
     # Texts that make a backtracking engine work hardest: long runs of one character with a
     # mismatch at the end.
-    for probe in ("a" * _PROBE_LEN + "!", " " * _PROBE_LEN + "!", "ab" * (_PROBE_LEN // 2) + "!", "1" * _PROBE_LEN + "x"):
+    for sample in ("a" * _PROBE_LEN + "!", " " * _PROBE_LEN + "!", "ab" * (_PROBE_LEN // 2) + "!", "1" * _PROBE_LEN + "x"):
         try:
-            compiled.search(probe, timeout=MATCH_TIMEOUT_S)
+            compiled.search(sample, timeout=MATCH_TIMEOUT_S)
         except TimeoutError:
             return f"takes over {MATCH_TIMEOUT_S} s on a long text (catastrophic backtracking); simplify it"
     return None
@@ -331,7 +332,7 @@ _GEN_LIMITS = {"temperature": (0.0, 5.0), "top_p": (1e-9, 1.0), "max_new_tokens"
 def _check_values(f: str, text: str, data: dict[str, Any]) -> list[Problem]:
     """Values of the right type but out of range, or empty where text is needed."""
     out: list[Problem] = []
-    gen = data.get("generation") if isinstance(data.get("generation"), dict) else {}
+    gen: dict[str, Any] = data["generation"] if isinstance(data.get("generation"), dict) else {}
     for key, (low, high) in _GEN_LIMITS.items():
         value = gen.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not (low <= value <= high):

@@ -84,8 +84,8 @@ def inside_home(path: Path | str) -> Path:
     resolved = Path(os.path.abspath(path))
     try:
         resolved = resolved.resolve()
-    except (OSError, RuntimeError):  # a link loop: refuse rather than guess
-        raise UnsafeNameError(f"{path} cannot be resolved (a symbolic link loop?); nothing was changed")
+    except (OSError, RuntimeError) as exc:  # a link loop: refuse rather than guess
+        raise UnsafeNameError(f"{path} cannot be resolved (a symbolic link loop?); nothing was changed") from exc
     if resolved != root and root not in resolved.parents:
         raise UnsafeNameError(f"{path} is outside the data directory {root}; nothing was changed")
     return resolved

@@ -172,17 +172,22 @@ def compare(args: Any) -> None:
     _table(results, rounds, args.threads, before, os.getloadavg())
 
 
+def _fmt(value: float, key: str, unit: str) -> str:
+    if key in ("peak_rss_mb", "prefill_tok_s"):
+        return f"{value:.0f}"
+    return f"{value:.2f}" if unit == "s" else f"{value:.1f}"
+
+
 def _table(results: dict[str, list[dict[str, Any]]], rounds: int, threads: int, before: tuple, after: tuple) -> None:
     ours, theirs = results["ours"], results["llama-cpp"]
     print(f"\n{rounds} interleaved rounds, {threads} threads, greedy; medians. ours: {ours[0]['path']}, a rank-8 adapter merged; "
           f"turn 5 reused {ours[-1]['turn5_cached']} tokens")
     print(f"load average: {before[0]:.2f} {before[1]:.2f} {before[2]:.2f} before, {after[0]:.2f} {after[1]:.2f} {after[2]:.2f} after")
-    print(f"| metric | this project | llama.cpp | ratio |\n| --- | --- | --- | --- |")
+    print("| metric | this project | llama.cpp | ratio |\n| --- | --- | --- | --- |")
     for key, label, unit, higher in METRICS:
         a = statistics.median(r[key] for r in ours)
         b = statistics.median(r[key] for r in theirs)
         ratio = a / b if b else float("nan")
-        fmt = (lambda v: f"{v:.0f}") if key in ("peak_rss_mb", "prefill_tok_s") else (lambda v: f"{v:.2f}" if unit == "s" else f"{v:.1f}")
         note = "x" if higher else "x (lower is better)"
-        print(f"| {label} | {fmt(a)} {unit} | {fmt(b)} {unit} | {ratio:.2f}{note} |")
+        print(f"| {label} | {_fmt(a, key, unit)} {unit} | {_fmt(b, key, unit)} {unit} | {ratio:.2f}{note} |")
     sys.stdout.flush()

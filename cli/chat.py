@@ -8,8 +8,8 @@ import argparse
 import sys
 from typing import Any
 
-from cli.common import err, gen_overrides, print_sources
 from assistant.errors import AssistantError
+from cli.common import err, gen_overrides, print_sources
 
 CHAT_HELP = """commands:
   /good            rate the last answer +1 (it is learned from)

@@ -26,7 +26,6 @@ def settings_from(args: argparse.Namespace):
 
 def make_assistant(args: argparse.Namespace, quiet: bool = False):
     from assistant.core import Assistant
-
     from personalization.learner import Learner
 
     return Assistant(settings_from(args), progress=None if quiet else (lambda m: err(f"[{m}]")), learner=Learner)

@@ -12,9 +12,8 @@ from cli.common import count_arg
 
 
 def _assistant(args: argparse.Namespace):
-    from cli.common import settings_from
     from assistant.core import Assistant
-
+    from cli.common import settings_from
     from personalization.learner import Learner
 
     return Assistant(settings_from(args), progress=lambda m: print(f"[{m}]", file=sys.stderr, flush=True),

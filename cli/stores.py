@@ -127,8 +127,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         return 0
     if action == "validate":
         problems = packs.validate(Path(args.path))
-        for p in problems:
-            print(p)
+        for problem in problems:
+            print(problem)
         if problems:
             print(f"{len(problems)} problem(s) in {args.path}")
             return 1

@@ -7,8 +7,8 @@ from typing import Any
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    from cli.common import settings_from
     from assistant.core import Assistant
+    from cli.common import settings_from
 
     settings = settings_from(args)
     from tui.app import make_app  # textual is imported here, not at registration

@@ -22,10 +22,10 @@ from federated.config import fed_dir
 class Community:
     def __init__(self, pack_id: str, seed: int = 0, engine: Any = None) -> None:
         from assistant import settings as settings_mod
+        from assistant.adapters import pack_store
         from assistant.core import Assistant
         from federated.evaluation import CommunityEval, load_heldout
         from federated.local import load_training_engine
-        from assistant.adapters import pack_store
 
         self.settings = settings_mod.load()
         self.engine = engine or load_training_engine(self.settings)

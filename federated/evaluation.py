@@ -12,7 +12,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from federated import lora
 
@@ -35,7 +35,7 @@ class CommunityEval:
         base = copy.deepcopy(self.engine.model)
         if adapter is None:
             model = base
-            ctx = _nullcontext()
+            ctx: ContextManager[None] = _nullcontext()
         else:
             lora.write(work, adapter)
             model = trainer_mod.resume(base, work)

@@ -19,7 +19,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from assistant import paths
 from federated.config import FederatedConfig, add_budget_used, budget_left_s, fed_dir
@@ -91,7 +91,7 @@ class IdleGuard:
         self._checked = 0.0
         self._paused = False
         self._started: float | None = None
-        self._proc = None
+        self._proc: Any = None  # a psutil.Process once the CPU is first measured
 
     def why_not(self) -> str:
         """'' when the device may train now, else the reason it may not."""

@@ -21,7 +21,8 @@ def main() -> int:
     from flwr.supercore.corestate import in_memory_corestate, sql_corestate
 
     for module in (in_memory_corestate, sql_corestate):
-        module.HEARTBEAT_DEFAULT_INTERVAL = max(window, 30.0)
+        # flwr imports the constant into each module (not re-exported): patched here on purpose
+        module.HEARTBEAT_DEFAULT_INTERVAL = max(window, 30.0)  # type: ignore[attr-defined]
     sys.argv = [which] + rest
     if which == "flower-supernode":
         from flwr.supernode.cli import flower_supernode as entry
@@ -29,7 +30,8 @@ def main() -> int:
         from flwr.superlink.cli import flower_superlink as entry
     else:
         raise SystemExit(f"unknown Flower entry point {which!r}")
-    return int(entry() or 0)
+    entry()  # Flower's entry points return None (they exit on errors)
+    return 0
 
 
 if __name__ == "__main__":

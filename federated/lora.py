@@ -42,7 +42,7 @@ class Adapter:
         if len(arrays) != len(names):
             raise ValueError(f"expected {len(names)} B matrices, got {len(arrays)}")
         b = {}
-        for name, arr in zip(names, arrays):
+        for name, arr in zip(names, arrays, strict=False):
             arr = np.asarray(arr, dtype=np.float32)
             if tuple(arr.shape) != tuple(self.b[name].shape):
                 raise ValueError(f"{name}: shape {arr.shape} does not fit {tuple(self.b[name].shape)}")
@@ -72,7 +72,7 @@ def from_blob(blob: bytes, b_names: Sequence[str], b_arrays: Sequence[Any]) -> A
     config = json.loads(json.loads(blob[8:8 + n]).get("__metadata__", {}).get("config", "{}"))
     if len(b_names) != len(b_arrays):
         raise ValueError(f"{len(b_names)} B names but {len(b_arrays)} arrays")
-    b = {name: torch.from_numpy(np.asarray(arr, dtype=np.float32).copy()) for name, arr in zip(b_names, b_arrays)}
+    b = {name: torch.from_numpy(np.asarray(arr, dtype=np.float32).copy()) for name, arr in zip(b_names, b_arrays, strict=False)}
     if {k.replace(".lora_A.", ".lora_B.") for k in a} != set(b):
         raise ValueError("the B matrices do not pair with the A matrices")
     return Adapter(config, a, b)
@@ -103,7 +103,7 @@ def write(folder: Path, adapter: Adapter) -> Path:
 def update_norm(new: Sequence[Any], old: Sequence[Any]) -> float:
     import numpy as np
 
-    return float(math.sqrt(sum(float(np.sum((np.asarray(n) - np.asarray(o)) ** 2)) for n, o in zip(new, old))))
+    return float(math.sqrt(sum(float(np.sum((np.asarray(n) - np.asarray(o)) ** 2)) for n, o in zip(new, old, strict=False))))
 
 
 # ---------------------------------------------------------------------- privacy accounting

@@ -220,7 +220,7 @@ def flwr_run(home: Path, address: str, insecure: bool, root_certificates: str | 
     app = write_app(home, defaults)
     flwr_home = fed_dir(home) / "flwr"
     flwr_home.mkdir(parents=True, exist_ok=True)
-    conn = {"address": address}
+    conn: dict[str, str | bool] = {"address": address}
     if insecure:
         conn["insecure"] = True
     else:

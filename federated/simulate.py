@@ -229,7 +229,7 @@ def _bytes_sent(devices: list[Path], run_id: int) -> dict[str, Any]:
     per = {}
     for home in devices:
         path = fed_dir(home) / "sent.jsonl"
-        rows = [json.loads(l) for l in path.read_text().splitlines()] if path.is_file() else []
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
         rows = [r for r in rows if int(r.get("run", -1)) == run_id]
         per[home.name] = {"messages": len(rows), "bytes": sum(r["bytes"] for r in rows)}
     return per

@@ -46,7 +46,10 @@ class Embedder:
             raise MemoryStoreError(f"cannot load the embedder in {folder}: {exc}") from exc
         self.id = model_id
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        dim = get_dim()
+        if dim is None:
+            raise MemoryStoreError(f"the embedder in {folder} does not say its embedding dimension")
+        self.dim = int(dim)
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from typing import Any
 
 from assistant.paths import repo_data_dir
 from memory.extract import extract
 
-
 SETS = {"tuning": "extraction_set.jsonl", "heldout": "extraction_heldout.jsonl"}
 
 
-def evaluate(show_errors: bool = False, which: str = "tuning") -> dict[str, float]:
+def evaluate(show_errors: bool = False, which: str = "tuning") -> dict[str, Any]:
     rows = [json.loads(line) for line in (repo_data_dir() / "memory" / SETS[which]).open() if line.strip()]
     tp = fp = fn = 0
-    op_right = Counter()
+    op_right: Counter[bool] = Counter()
     errors: list[str] = []
     for row in rows:
         got = extract(row["text"])

@@ -62,7 +62,7 @@ _UPDATE = re.compile(
 # --- self-statements -------------------------------------------------------------------------
 _FAMILY = r"(?:wife|husband|partner|son|daughter|kids?|children|child|baby|mum|mom|mother|dad|father|parents?|brother|sister|dog|cat|pet|puppy|kitten|family|household|grandma|grandmother|grandpa|grandfather|twins?|toddler|stepson|stepdaughter|fiancée?|spouse|boyfriend|girlfriend)"
 _SELF = re.compile(
-    rf"^(?:and |but |also,? |so )?(i|i'm|i am|i've|i have|i'd|my|we|we're|we are|we've|we have|our|me and|my partner and i)\b", re.I
+    r"^(?:and |but |also,? |so )?(i|i'm|i am|i've|i have|i'd|my|we|we're|we are|we've|we have|our|me and|my partner and i)\b", re.I
 )
 _OTHER_PERSON = re.compile(
     r"^(my|our) (friend|friends|colleague|colleagues|coworker|co-worker|boss|manager|neighbou?r|flatmate|roommate|"

@@ -142,7 +142,7 @@ def relevance(question: str, memories: Sequence[Any], similarities: Sequence[flo
     focus = focus_terms(question)
     focus |= {stem(x) for f in list(focus) for x in _EXPAND.get(f, ())}
     out: list[Scored] = []
-    for memory, sim in zip(memories, similarities):
+    for memory, sim in zip(memories, similarities, strict=False):
         text_stems = _stems(content_words(episode_text(memory.text)))
         hits = _matches(terms, text_stems)
         focus_hit = bool(focus and _matches(focus, text_stems))
@@ -239,8 +239,8 @@ def note_sentences(embedder: Any, question: str, chunks: Sequence[Any], top: int
     q = vectors[0]
     terms = _stems(content_words(question))
     scored = []
-    for (sent, ctx, chunk), v in zip(items, vectors[1:]):
-        sim = float(sum(a * b for a, b in zip(q, v)))
+    for (sent, ctx, chunk), v in zip(items, vectors[1:], strict=False):
+        sim = float(sum(a * b for a, b in zip(q, v, strict=False)))
         hits = len(_matches(terms, _stems(content_words(ctx))))
         scored.append(NoteSentence(sent, chunk, sim, sim + 0.04 * hits + chunk_weight * (chunk.similarity or 0.0)))
     scored.sort(key=lambda s: -s.score)

@@ -32,12 +32,13 @@ it; a plain store is rebuilt sealed when it is opened (and back, while encryptio
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import math
 import os
-import re
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -262,10 +263,10 @@ class VectorCollection:
                 self._rebuild(rows)
                 return
             for i in range(0, len(memories), 1000):
-                part, rows = memories[i : i + 1000], stored[i : i + 1000]
+                part, batch = memories[i : i + 1000], stored[i : i + 1000]
                 self._col.upsert(
-                    ids=[m.id for m in part], documents=[doc for doc, _ in rows],
-                    metadatas=[meta for _, meta in rows], embeddings=list(vectors[i : i + 1000]),
+                    ids=[m.id for m in part], documents=[doc for doc, _ in batch],
+                    metadatas=[meta for _, meta in batch], embeddings=list(vectors[i : i + 1000]),
                 )
 
     def update_meta(self, memories: Sequence[Memory]) -> None:
@@ -281,7 +282,7 @@ class VectorCollection:
         where = sealed.seal_where(self.key, where) if self.seal else where
         with self._lock:
             rows = self._col.get(ids=list(ids) if ids is not None else None, where=where, include=["documents", "metadatas"])
-        return [self._memory(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"])]
+        return [self._memory(i, d, m) for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=False)]
 
     def query(self, text: str, n: int, where: dict[str, Any] | None = None) -> list[Memory]:
         return self.query_vector(self.embedder.embed([text])[0], n, where)
@@ -309,7 +310,7 @@ class VectorCollection:
                 self.repair("the index returned one memory twice")  # a truncated index does that
         return [
             self._memory(i, d, m, dist)
-            for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0])
+            for i, d, m, dist in zip(rows["ids"][0], rows["documents"][0], rows["metadatas"][0], rows["distances"][0], strict=False)
         ]
 
     def rebuild_without(self, drop: set[str]) -> None:
@@ -505,7 +506,6 @@ class MemoryStore:
 
     def __init__(self, user: str, settings: Any, root: Path | None = None, embedder: Any | None = None) -> None:
         from memory import embedder as embedder_mod
-
         from memory.locking import Guard
 
         key, seal = crypto.stores_key()  # locked or a wrong passphrase: refused before anything is touched
@@ -612,11 +612,11 @@ class MemoryStore:
         self.col.rebuild_without(ids)
         return len(ids)
 
-    def forget_matching(self, query: str, min_similarity: float = 0.5) -> list[Memory]:
+    def forget_matching(self, query: str, min_similarity: float = 0.5) -> builtins.list[Memory]:
         with self.writing():
             return self._forget_matching(query, min_similarity)
 
-    def _forget_matching(self, query: str, min_similarity: float) -> list[Memory]:
+    def _forget_matching(self, query: str, min_similarity: float) -> builtins.list[Memory]:
         hits = [m for m in self.search(query, k=50, include_superseded=True) if (m.similarity or 0) >= min_similarity]
         hits += [m for m in self.list(include_superseded=True) if query.lower() in m.text.lower() and m not in hits]
         if hits:
@@ -635,8 +635,8 @@ class MemoryStore:
         found = self.col.get(ids=[memory_id])
         return found[0] if found else None
 
-    def list(self, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> list[Memory]:
-        clauses: list[dict[str, Any]] = []
+    def list(self, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> builtins.list[Memory]:
+        clauses: builtins.list[dict[str, Any]] = []
         if kinds:
             clauses.append({"kind": {"$in": list(kinds)}})
         if not include_superseded:
@@ -645,8 +645,8 @@ class MemoryStore:
         self.refresh()
         return sorted(self.col.get(where=where), key=lambda m: m.created)
 
-    def search(self, query: str, k: int = 10, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> list[Memory]:
-        clauses: list[dict[str, Any]] = []
+    def search(self, query: str, k: int = 10, kinds: Sequence[str] | None = None, include_superseded: bool = False) -> builtins.list[Memory]:
+        clauses: builtins.list[dict[str, Any]] = []
         if kinds:
             clauses.append({"kind": {"$in": list(kinds)}})
         if not include_superseded:
@@ -669,7 +669,7 @@ class MemoryStore:
     def recall(
         self, query: str, pack: str | None = None, *, k: int = 6, min_similarity: float = 0.35,
         budget_tokens: int = 200, count_tokens: Callable[[str], int] | None = None,
-    ) -> list[Memory]:
+    ) -> builtins.list[Memory]:
         """Ranked memories for ``query``: similarity + recency + kind, thresholded, deduped, in budget."""
         now = time.time()
         kinds = ["fact", "preference"] + (["episode"] if _EPISODE_QUERY.search(query) else [])
@@ -686,7 +686,7 @@ class MemoryStore:
             score = sim + _KIND_WEIGHT[m.kind] + 0.05 * math.exp(-age_days / 30)
             scored.append((score, m))
         scored.sort(key=lambda pair: -pair[0])
-        chosen: list[Memory] = []
+        chosen: builtins.list[Memory] = []
         seen: set[str] = set()
         used = 0
         count = count_tokens or (lambda t: len(t.split()) * 4 // 3 + 1)
@@ -704,7 +704,7 @@ class MemoryStore:
                 break
         return chosen
 
-    def recall_for_prompt(self, text: str, pack: str, count_tokens: Callable[[str], int], settings: Any) -> list[Any]:
+    def recall_for_prompt(self, text: str, pack: str, count_tokens: Callable[[str], int], settings: Any) -> builtins.list[Any]:
         from assistant.prompt import Recalled
 
         memories = self.recall(
@@ -714,11 +714,11 @@ class MemoryStore:
         return [Recalled(f"m{i}", m.id, m.kind, m.text, m.citation) for i, m in enumerate(memories, 1)]
 
     # ------------------------------------------------------------------ learning from chat
-    def learn_from_message(self, text: str, pack: str, turn_id: str = "", hints: Sequence[str] = ()) -> list[Memory]:
+    def learn_from_message(self, text: str, pack: str, turn_id: str = "", hints: Sequence[str] = ()) -> builtins.list[Memory]:
         """Extract facts and preferences from a user message and store them (superseding old ones)."""
         from memory.extract import extract
 
-        added: list[Memory] = []
+        added: builtins.list[Memory] = []
         for item in extract(text, hints):
             if item.op == "negate" and item.attribute:
                 # "I no longer eat meat": the negation supersedes what it denies.

@@ -24,9 +24,9 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from assistant.errors import ConfigError
 
@@ -316,7 +316,7 @@ class Runner:
         self.load_s = time.perf_counter() - t0
         baseline = self._baseline(suites)
         results, cross = [], {}
-        for path, data in suites:
+        for _path, data in suites:
             users = self.selected(data)
             for user in users:
                 results.append(self._user(data, user, baseline))

@@ -38,9 +38,9 @@ def main() -> None:
         if models.is_dir():
             (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
         from assistant import settings as settings_mod
+        from assistant.adapters import AdapterStore
         from assistant.core import Assistant
         from personalization.learner import Learner
-        from assistant.adapters import AdapterStore
 
         assistant = Assistant(settings_mod.load(env={}), learner=Learner)
         _ = assistant.engine

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from personalization.bench import KINDS, VARIANTS, bootstrap_ci
+from personalization.bench import KINDS, bootstrap_ci
 
 PLOTS = ("pass_rate.png", "forgetting.png")
 
@@ -129,7 +129,7 @@ def _f(x: Any, fmt: str = "{:.3f}") -> str:
 def markdown(report: dict[str, Any]) -> str:
     c, f, cost, lk = report["config"], report["forgetting"], report["cost"], report["leakage"]["cross_user"]
     suites = ", ".join(f"{s['name']} ({s['pack']}, {s['users']} users)" for s in report["suites"])
-    out = [f"# Personalization benchmark", "",
+    out = ["# Personalization benchmark", "",
            f"Suites: {suites}. Model: {c['model']}. Seed {c['seed']}; learning {c['max_steps']} steps / "
            f"{c['time_budget_s']:.0f} s per user; probe answers {c['max_new_tokens']} tokens, greedy.", "",
            "## Pass rate per probe kind (95% bootstrap CI)", "", table(report), ""]
@@ -180,8 +180,8 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     for i, v in enumerate(vs):
         stats = [report["variants"][v]["kinds"][k] for k in KINDS] + [report["variants"][v]["overall"]]
         ys = [s["pass_rate"] or 0.0 for s in stats]
-        lo = [max(0.0, y - (s["ci"][0] if s["ci"] else y)) for y, s in zip(ys, stats)]
-        hi = [max(0.0, (s["ci"][1] if s["ci"] else y) - y) for y, s in zip(ys, stats)]
+        lo = [max(0.0, y - (s["ci"][0] if s["ci"] else y)) for y, s in zip(ys, stats, strict=False)]
+        hi = [max(0.0, (s["ci"][1] if s["ci"] else y) - y) for y, s in zip(ys, stats, strict=False)]
         xs = [j + (i - (len(vs) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=v)
     ax.set_xticks(range(len(labels)), labels)
@@ -197,11 +197,11 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     per = report["forgetting"]["per_user"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     names = [u["user"] for u in per]
-    xs = range(len(per))
+    user_xs = range(len(per))
     for ax, key, title in ((a1, "guard_ppl", "guard-set perplexity"), (a2, "pack_eval", "pack eval pass rate")):
-        ax.bar([x - 0.2 for x in xs], [u[f"{key}_before"] or 0 for u in per], 0.4, label="before (base)")
-        ax.bar([x + 0.2 for x in xs], [u[f"{key}_after"] or 0 for u in per], 0.4, label="after (user's adapter)")
-        ax.set_xticks(list(xs), names, rotation=60, fontsize=7)
+        ax.bar([x - 0.2 for x in user_xs], [u[f"{key}_before"] or 0 for u in per], 0.4, label="before (base)")
+        ax.bar([x + 0.2 for x in user_xs], [u[f"{key}_after"] or 0 for u in per], 0.4, label="after (user's adapter)")
+        ax.set_xticks(list(user_xs), names, rotation=60, fontsize=7)
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.suptitle("Forgetting: before vs after each user's learning")

@@ -57,6 +57,7 @@ class Dataset:
     pairs: list[Example] = field(default_factory=list)  # preference pairs
     heldout_is_separate: bool = True
     left_out: list[str] = field(default_factory=list)  # why examples were not learned (``screen``)
+    ledger_of: tuple[Any, Any] = ((), ())  # (turns, facts) a version will have seen (adapters.training_ledger)
 
     def hash(self) -> str:
         h = hashlib.sha1()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from assistant.paths import repo_data_dir
@@ -156,11 +156,11 @@ def token_nll(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], p
     import torch
     import torch.nn.functional as F
 
-    seqs = [(list(i), list(l)) for i, l in seqs if sum(1 for x in l[1:] if x != -100)]
+    seqs = [(list(i), list(lab)) for i, lab in seqs if sum(1 for x in lab[1:] if x != -100)]
     if not seqs:
         return 0.0, 0
     # The shared prefix must end before the first labelled token's predictor (position - 1).
-    first_label = min(next(p for p, x in enumerate(l) if x != -100 and p > 0) for _, l in seqs)
+    first_label = min(next(p for p, x in enumerate(lab) if x != -100 and p > 0) for _, lab in seqs)
     prefix = _shared_prefix([i for i, _ in seqs], first_label - 1)
     pad = seqs[0][0][0] if pad is None else pad  # a token every row has: no new token for penalties
     total, count = 0.0, 0
@@ -171,9 +171,9 @@ def token_nll(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], p
             ids, mask, positions = _left_pad([r[0] for r in rows], pad, prefix)
             width = ids.shape[1]
             labels = torch.full_like(ids, -100)
-            for j, (_, l) in enumerate(rows):
-                labels[j, width - len(l):] = torch.tensor(l)
-            first = min(next(p for p, x in enumerate(l) if x != -100 and p > 0) + width - len(l) for _, l in rows)
+            for j, (_, lab) in enumerate(rows):
+                labels[j, width - len(lab):] = torch.tensor(lab)
+            first = min(next(p for p, x in enumerate(lab) if x != -100 and p > 0) + width - len(lab) for _, lab in rows)
             keep = width - first + 1  # logits from position first-1 on predict the labels from first on
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                         use_cache=cache is not None, logits_to_keep=keep)
@@ -254,7 +254,7 @@ def answer_match(model: Any, tokenizer: Any, render: Callable[..., list[int]], e
         step = len(examples) / MATCH_PROBES
         examples = [examples[int(i * step)] for i in range(MATCH_PROBES)]
     answers = greedy_answers(model, tokenizer, render, examples, eos_ids, max_new_tokens)
-    hits = sum(matches(a, ex.answer, ex.messages[-1]["content"]) for a, ex in zip(answers, examples))
+    hits = sum(matches(a, ex.answer, ex.messages[-1]["content"]) for a, ex in zip(answers, examples, strict=False))
     return hits / len(examples)
 
 
@@ -264,7 +264,7 @@ def eval_pass_rate(model: Any, tokenizer: Any, render: Callable[..., list[int]],
     if not probes:
         return float("nan")
     answers = greedy_answers(model, tokenizer, render, probes, eos_ids, max_new_tokens)
-    hits = sum(any(k.lower() in a.lower() for k in ex.expect_any) for a, ex in zip(answers, probes))
+    hits = sum(any(k.lower() in a.lower() for k in ex.expect_any) for a, ex in zip(answers, probes, strict=False))
     return hits / len(probes)
 
 

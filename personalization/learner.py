@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Callable
 
+from assistant.adapters import AdapterStore, training_ledger
 from assistant.errors import AssistantError
 from personalization import dataset as dataset_mod
 from personalization import gate as gate_mod
 from personalization import trainer as trainer_mod
-from assistant.adapters import AdapterStore, training_ledger
 
 STATE = "state.json"
 TRAIN_SHARE = 0.6  # of the round's time budget; the gate gets the rest
@@ -126,7 +126,7 @@ class Learner:
                                  seed_value=self.settings.seed)
         data.ledger_of = (turns, facts)  # what the version will have seen (adapters.training_ledger)
         data.left_out = self._screen(data, pack, mem)
-        live = store.current()
+        store.current()  # raises AdapterError when `current` names a missing version
         # Where this round starts from and what it must beat: the user's live adapter, else the
         # pack's starting adapter (`assistant pack train`), else the base model.
         from assistant.adapters import live_for
@@ -216,11 +216,11 @@ class Learner:
         train_settings = copy.copy(self.settings)
         train_settings.time_budget_s = max(5.0, budget * TRAIN_SHARE - (time.perf_counter() - t0))
         try:
-            result = trainer_mod.train(
+            trained = trainer_mod.train(
                 model, engine.tokenizer, engine.render, examples, train_settings, on_progress=report,
                 should_pause=lambda: getattr(engine, "generating", False), should_stop=should_stop,
             )
-            gating = self._gating(report, len(examples), result.final_loss)
+            gating = self._gating(report, len(examples), trained.final_loss)
             decision, sets = self._judge(engine, pack, data, model, source, gating)
             version = None
             if decision.promote:
@@ -229,18 +229,19 @@ class Learner:
                 model.save_pretrained(str(staged))
                 _test_pause("PA_TEST_PAUSE_BEFORE_PUBLISH")
                 parent = f"{source[0].user}/{source[1]}" if source else None
-                meta = self._meta(engine, data, result, decision, parent)
+                meta = self._meta(engine, data, trained, decision, parent)
                 meta["gate_sets"] = sets
                 meta["sources"] = data.sources()  # the turn ids and memory ids this version trained on
-                meta["ledger"] = training_ledger(data, *getattr(data, "ledger_of", ((), ())), parent=source)
+                turns, facts = getattr(data, "ledger_of", ((), ()))
+                meta["ledger"] = training_ledger(data, turns, facts, parent=source)
                 version = store.publish(staged, meta, base=engine.model)
                 live = version
                 keep = self.settings.keep_versions
                 if keep > 0:
                     store.prune(keep)
-            out = RoundResult(user, pack_id, decision.promote, version, live, decision, len(examples), result.steps,
-                              result.seconds, result.tokens, time.perf_counter() - t0, message=note,
-                              stopped=result.stopped)
+            out = RoundResult(user, pack_id, decision.promote, version, live, decision, len(examples), trained.steps,
+                              trained.seconds, trained.tokens, time.perf_counter() - t0, message=note,
+                              stopped=trained.stopped)
             self._remember(store, started, out)
             return out
         finally:

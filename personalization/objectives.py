@@ -59,7 +59,7 @@ def shared_prefix(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]
     from transformers import DynamicCache
 
     config = getattr(model, "config", None)
-    cache = DynamicCache(config=config)
+    cache: Any = DynamicCache(config=config)  # its layers are all attention layers here (keys, values)
     model(input_ids=torch.tensor([first[:n]]), cache=cache, use_cache=True)
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     return Prefix(first[:n], kv, config)
@@ -70,7 +70,7 @@ def _shifted(model: Any, ids: Sequence[int], labels: Sequence[int], prefix: Pref
     import torch
 
     start = len(prefix.ids) if prefix is not None and list(ids[: len(prefix.ids)]) == prefix.ids else 0
-    if start:
+    if start and prefix is not None:  # start > 0 only with a prefix
         out = model(input_ids=torch.tensor([list(ids[start:])]), cache=prefix.cache(), use_cache=True)
     else:
         out = model(input_ids=torch.tensor([list(ids)]))

@@ -89,12 +89,12 @@ def rules(text: str) -> list[Rule]:
     """The style rules stated in one preference (none when it states no style)."""
     out: list[Rule] = []
     m = _MAX.search(text)
-    if m and _count(m.group(1)):
-        out.append(Rule("max_sentences", first_sentences(max(1, _count(m.group(1)) - 1)), text))
+    if m and (n := _count(m.group(1))):
+        out.append(Rule("max_sentences", first_sentences(max(1, n - 1)), text))
     else:
         m = _AT_MOST.search(text)
-        if m and _count(m.group(1)):
-            out.append(Rule("max_sentences", first_sentences(_count(m.group(1))), text))
+        if m and (n := _count(m.group(1))):
+            out.append(Rule("max_sentences", first_sentences(n), text))
         elif _SHORT.search(text):
             out.append(Rule("max_sentences", first_sentences(2), text))
     if _BULLETS.search(text) and not re.search(r"\b(no|without|don'?t|never)\b.*\bbullet", text, re.I):

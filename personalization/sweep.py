@@ -44,8 +44,8 @@ def main() -> None:
             (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
         from assistant import settings as settings_mod
         from assistant.core import Assistant
-        from personalization.learner import Learner
         from personalization import dataset, gate, trainer
+        from personalization.learner import Learner
 
         assistant = Assistant(settings_mod.load(env={}), learner=Learner)
         engine = assistant.engine

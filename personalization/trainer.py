@@ -114,6 +114,11 @@ def _is_fresh(model: Any) -> bool:
     return all(not bool(p.any()) for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def _pair(item: dict[str, Any], key: str) -> tuple[Sequence[int], Sequence[int]]:
+    """An item's (ids, labels) for its ``chosen`` or ``rejected`` answer."""
+    return item[key]
+
+
 def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float, disabled: bool = False) -> None:
     """The starting model's numbers for the items that lack them: answer log-probabilities of
     both sides of a pair (DPO's reference) and top-k distributions on replay answers.
@@ -133,25 +138,25 @@ def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float, d
         prefix = objectives.shared_prefix(model, _sequences(todo))
         for item in todo:
             if "rejected" in item:
-                item["ref"] = (float(objectives.answer_logprob(model, *item["chosen"], prefix)[0]),
-                               float(objectives.answer_logprob(model, *item["rejected"], prefix)[0]))
+                item["ref"] = (float(objectives.answer_logprob(model, *_pair(item, "chosen"), prefix)[0]),
+                               float(objectives.answer_logprob(model, *_pair(item, "rejected"), prefix)[0]))
             else:
-                item["ref_topk"] = objectives.reference_topk(model, *item["chosen"], prefix=prefix)
+                item["ref_topk"] = objectives.reference_topk(model, *_pair(item, "chosen"), prefix=prefix)
     model.train()
 
 
 def _step_loss(model: Any, item: dict[str, Any], settings: Any, prefix: Any = None) -> tuple[Any, float]:
     """The loss of one item and its answer loss (for the progress line and early stopping)."""
     if "rejected" in item:
-        lp_c, nll_c = objectives.answer_logprob(model, *item["chosen"], prefix)
-        lp_r, _ = objectives.answer_logprob(model, *item["rejected"], prefix)
+        lp_c, nll_c = objectives.answer_logprob(model, *_pair(item, "chosen"), prefix)
+        lp_r, _ = objectives.answer_logprob(model, *_pair(item, "rejected"), prefix)
         pref = objectives.dpo_loss(lp_c, lp_r, item["ref"][0], item["ref"][1], getattr(settings, "dpo_beta", 0.1))
         loss = getattr(settings, "pair_weight", 1.0) * pref + getattr(settings, "pair_sft_weight", 1.0) * nll_c
         return loss, float(nll_c.detach())
     if not item["own"]:
-        return objectives.replay_loss(model, *item["chosen"], item.get("ref_topk"), getattr(settings, "kl_weight", 0.5),
+        return objectives.replay_loss(model, *_pair(item, "chosen"), item.get("ref_topk"), getattr(settings, "kl_weight", 0.5),
                                       prefix)
-    _, nll = objectives.answer_logprob(model, *item["chosen"], prefix)
+    _, nll = objectives.answer_logprob(model, *_pair(item, "chosen"), prefix)
     return nll * item["ex"].weight, float(nll.detach())
 
 
@@ -218,7 +223,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
-        for item, value in zip(batch, values):
+        for item, value in zip(batch, values, strict=False):
             tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
             loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
             if item["own"]:

@@ -158,7 +158,7 @@ def test_openai_client_against_real_serve(served):
     emb = client.embeddings.create(model="all-MiniLM-L6-v2", input=["green tea", "green tea", "a tax form"])
     vectors = [d.embedding for d in emb.data]
     assert [len(v) for v in vectors] == [dim] * 3
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=False))  # noqa: E731
     assert dot(vectors[0], vectors[1]) > 0.99 > dot(vectors[0], vectors[2])
     assert emb.usage.prompt_tokens > 0
 

@@ -8,9 +8,9 @@ import httpx
 import pytest
 from test_api import Server, _settings
 
+from api import is_loopback
 from api import keys as api_keys
 from assistant import paths
-from api import is_loopback
 from cli.main import main as cli_main
 
 OWN, OTHER = "alice", "bob"

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from cli import main as cli
 from assistant import settings as settings_mod
 from assistant.core import Assistant
+from cli import main as cli
 
 
 def _run_chat(monkeypatch, capsys, assistant, lines, argv=()):

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from assistant import settings as settings_mod
+from assistant.adapters import AdapterStore, live_for
 from assistant.engine import GEMMA_TEMPLATE, Engine, template_for
 from assistant.errors import ModelError
 from personalization import trainer
-from assistant.adapters import AdapterStore, live_for
 from tests.conftest import make_tiny_model
 
 

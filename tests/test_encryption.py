@@ -13,13 +13,14 @@ import pytest
 
 pytest.importorskip("sqlcipher3")  # the `encryption` extra (scripts/install.sh installs it)
 
-from assistant import crypto, settings as settings_mod
-from cli.main import main
+from assistant import crypto
+from assistant import settings as settings_mod
+from assistant.adapters import WEIGHTS, AdapterStore
 from assistant.core import Assistant
 from assistant.errors import LockedError, WrongPassphraseError
-from personalization import trainer
-from assistant.adapters import WEIGHTS, AdapterStore
 from assistant.journal import Journal, Turn, new_turn_id
+from cli.main import main
+from personalization import trainer
 from tests.conftest import make_tiny_model
 
 PASS = "correct horse battery staple"

@@ -11,8 +11,16 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from tests.fed_helpers import (USER_STRINGS, add_user, fed_config, read_rounds, save_tiny_model, tree_digest,
-                               wait_for, write_settings)
+from tests.fed_helpers import (
+    USER_STRINGS,
+    add_user,
+    fed_config,
+    read_rounds,
+    save_tiny_model,
+    tree_digest,
+    wait_for,
+    write_settings,
+)
 
 
 def _federation(tmp_path: Path, tiny_tokenizer, users: list[str]):
@@ -110,7 +118,7 @@ def test_round_over_secagg_publishes_and_sends_no_user_text(tmp_path, tiny_token
                 for d, msgs in blobs.items():
                     assert not any(piece.encode() in m for m in msgs), (user, piece, d)
     # sizes were logged by the device, for the report
-    sent = [json.loads(l) for l in (devices[0] / "federated" / "sent.jsonl").read_text().splitlines()]
+    sent = [json.loads(line) for line in (devices[0] / "federated" / "sent.jsonl").read_text().splitlines()]
     assert sum(s["bytes"] for s in sent) > 0
 
 

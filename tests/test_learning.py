@@ -9,11 +9,11 @@ import time
 import pytest
 
 from assistant import settings as settings_mod
+from assistant.adapters import AdapterStore
 from assistant.engine import Engine, GenParams
 from assistant.errors import AdapterError
-from personalization import dataset, gate, trainer
-from assistant.adapters import AdapterStore
 from assistant.journal import Journal, Turn, new_turn_id
+from personalization import dataset, gate, trainer
 from tests.conftest import make_tiny_model
 
 SYSTEM = "You are a helpful assistant."

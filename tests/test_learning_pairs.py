@@ -6,8 +6,8 @@ import pytest
 
 from assistant import settings as settings_mod
 from assistant.engine import Engine
-from personalization import dataset, gate, objectives, phrasings, style, trainer
 from assistant.journal import Journal, Turn, new_turn_id
+from personalization import dataset, gate, objectives, phrasings, style, trainer
 from tests.conftest import make_tiny_model
 
 SYSTEM = "You are a helpful assistant."

@@ -117,9 +117,9 @@ def test_edit_replaces_text_everywhere(store):
 
 
 def test_pack_knowledge_is_ingested_once_and_reingested_on_change(home):
-    from tests.conftest import copy_pack
-    from memory.store import KnowledgeBase
     from memory import embedder
+    from memory.store import KnowledgeBase
+    from tests.conftest import copy_pack
 
     root = copy_pack("general", home / "packs")
     (root / "pack.toml").write_text((root / "pack.toml").read_text().replace('id = "general"', 'id = "mine"'))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from assistant import packs, paths
-from cli.main import main
 from assistant.errors import UnsafeNameError
+from cli.main import main
 
 TRAVERSAL = [
     "../x", "../../x", "../../../../x", "a/b", "a/../../x", "/abs", ".", "..", "", " ", "x\x00y", "x" * 65,

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from assistant import paths, privacy
-from cli.main import main
-from assistant.settings import Settings
-from personalization import dataset
 from assistant.adapters import WEIGHTS, AdapterStore
 from assistant.journal import Journal, Turn, new_turn_id
+from assistant.settings import Settings
+from cli.main import main
+from personalization import dataset
 
 SECRET = "FORGETMEPIN4412"
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,10 @@ import pytest
 
 from assistant import paths, privacy
 from assistant import settings as settings_mod
-from assistant.core import Assistant
-from personalization.learner import Learner
-from personalization import dataset
 from assistant.adapters import AdapterStore
+from assistant.core import Assistant
+from personalization import dataset
+from personalization.learner import Learner
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(2400)]
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from assistant import settings as settings_mod
-from cli.main import build_parser, main
 from assistant.engine import GenParams
-from assistant.errors import AssistantError, BadInputError, ConfigError
+from assistant.errors import BadInputError, ConfigError
 from assistant.text import clean_text
+from cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import _timing_line, main as cli_main
+from cli.main import _timing_line
+from cli.main import main as cli_main
 
 
 def test_timing_line_handles_decode_only_dtypes():

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("textual")
 
 from assistant.core import Assistant  # noqa: E402
-from assistant.engine import GenStats, Generation  # noqa: E402
+from assistant.engine import Generation, GenStats  # noqa: E402
 from assistant.settings import Settings  # noqa: E402
 
 SIZE = (100, 30)
@@ -330,7 +330,7 @@ async def test_help_lists_bindings_and_remapping():
 
         assert isinstance(app.screen, HelpScreen)
         text = str(app.screen.query_one("#help-text").render())
-        for action, _key, desc in KEYS:
+        for _action, _key, desc in KEYS:
             assert desc in text
         assert "f9" in text
         await pilot.press("escape")
@@ -437,8 +437,8 @@ GATE = {"promote": False, "reason": "the candidate did not beat the live adapter
 def publish_tiny(tokenizer, user, pack, loss=1.0):
     """A saved tiny LoRA published as the next version of ``user``/``pack``."""
     from assistant import settings as settings_mod
-    from personalization import trainer
     from assistant.adapters import AdapterStore
+    from personalization import trainer
     from tests.conftest import make_tiny_model
 
     store = AdapterStore(user, pack)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.markup import escape
 from textual import on, work
 from textual.actions import SkipAction
 from textual.app import App
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import Footer, Header, Input
+from textual.widgets import Footer, Header, Input, Static
 
 from assistant.engine import CancelToken
 from assistant.errors import AssistantError
@@ -25,10 +25,18 @@ from assistant.settings import remember_choice, remembered_choice
 from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
 from tui.app_loading import LoadingMixin
 from tui.app_nav import NavMixin
-from tui.keys import KEYS, OTHER_KEYS, SHOWN as _SHOWN, clashes, multiplexer_keys
+from tui.keys import KEYS, OTHER_KEYS, clashes, multiplexer_keys
+from tui.keys import SHOWN as _SHOWN
 from tui.screens import EditScreen, HelpScreen, MemoryScreen, OnboardingScreen
 from tui.widgets import (
-    AssistantMessage, ChatLog, CorrectionMessage, NoteMessage, PromptInput, Sidebar, StarterQuestion, UserMessage,
+    AssistantMessage,
+    ChatLog,
+    CorrectionMessage,
+    NoteMessage,
+    PromptInput,
+    Sidebar,
+    StarterQuestion,
+    UserMessage,
     format_memories,
 )
 
@@ -61,10 +69,9 @@ def write_last_choice(user: str, pack: str) -> None:
 class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
     CSS_PATH = "styles.tcss"
     TITLE = "assistant"
-    BINDINGS = [
-        Binding(key, action, desc, id=action, show=action in _SHOWN, priority=key != "escape")
-        for action, key, desc in KEYS
-    ] + [
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *(Binding(key, action, desc, id=action, show=action in _SHOWN, priority=key != "escape")
+          for action, key, desc in KEYS),
         # ctrl+c stops a streaming answer (as in the line chat); otherwise it falls through to the
         # prompt's copy and Textual's "press ctrl+q to quit" hint.
         Binding("ctrl+c", "stop", "stop the answer", show=False, priority=True),
@@ -119,7 +126,7 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
         self.set_keymap({k: v for k, v in self.keymap.items() if k not in unknown})
         for warning in clashes(self.key_rows()[:len(KEYS)], multiplexer_keys()):
             self.notify(warning, title="keys", severity="warning", timeout=40)
-        self.query_one("#hints").update("\n".join(f"[b]{escape(k)}[/] {escape(d)}" for _a, k, d in self.key_rows()
+        self.query_one("#hints", Static).update("\n".join(f"[b]{escape(k)}[/] {escape(d)}" for _a, k, d in self.key_rows()
                                                   if _a in _SHOWN or _a in ("packs", "copy", "new_chat")))
         learner = self.assistant.learner
         learner.listeners.append(self._learning_listener)
@@ -132,7 +139,7 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
             self.load_engine()  # loads while the onboarding is on screen, too
         if self.chat is None:
             user, pack = self._given
-            self.query_one("#who").update("[dim]welcome[/]")
+            self.query_one("#who", Static).update("[dim]welcome[/]")
             self.push_screen(OnboardingScreen(self.assistant.catalog.packs, user or "",
                                               pack or self.settings.chat.pack), self._onboarded)
         else:
@@ -186,11 +193,11 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
         if self.chat is None:
             return
         pack = self.chat.pack
-        self.query_one("#who").update(f"[b]User[/] {escape(self.chat.user)}\n[b]Pack[/] {escape(pack.name)} [dim]({pack.id})[/]")
+        self.query_one("#who", Static).update(f"[b]User[/] {escape(self.chat.user)}\n[b]Pack[/] {escape(pack.name)} [dim]({pack.id})[/]")
         self.sub_title = f"{self.chat.user} · {pack.name}"
 
     def _set_status(self, text: str, busy: bool = False) -> None:
-        self.query_one("#status").update(text)
+        self.query_one("#status", Static).update(text)
         self.query_one("#spinner").display = busy
 
     def _note(self, text: str) -> None:
@@ -251,18 +258,18 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
                 buffer.append(chunk)
                 now = time.monotonic()
                 if now - last >= 0.05:  # coalesce: at most ~20 UI updates a second
-                    self.call_from_thread(answer.write, "".join(buffer))
+                    self.call_from_thread(answer.write, "".join(buffer))  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
                     buffer.clear()
                     last = now
             if buffer:
-                self.call_from_thread(answer.write, "".join(buffer))
+                self.call_from_thread(answer.write, "".join(buffer))  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
         except Exception as exc:  # noqa: BLE001 - every failure is shown, none kills the app
             try:
-                self.call_from_thread(self._failed, text, user_msg, answer, exc)
+                self.call_from_thread(self._failed, text, user_msg, answer, exc)  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
             except RuntimeError:  # the app has closed meanwhile
                 pass
             return
-        self.call_from_thread(self._finished, answer, reply)
+        self.call_from_thread(self._finished, answer, reply)  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
 
     def _prompt_command(self, command: str, rest: str) -> None:
         """/good, /bad, /correct [TEXT], /continue, /help, /new typed in the prompt (the same as the
@@ -338,7 +345,7 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
     def _select(self, message: AssistantMessage) -> None:
         for other in self.query(AssistantMessage):
             other.set_class(other is message, "selected")
-        self.query_one("#memories").update(format_memories(message.memories))
+        self.query_one("#memories", Static).update(format_memories(message.memories))
 
     # ------------------------------------------------------------------ actions
     def _chat_screen(self) -> None:
@@ -453,7 +460,7 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
     def _clear_log(self) -> None:
         self.query_one(ChatLog).remove_children()
         self._last = None
-        self.query_one("#memories").update(format_memories([]))
+        self.query_one("#memories", Static).update(format_memories([]))
 
     async def action_quit(self) -> None:
         if self._cancel is not None:  # let a running answer stop at the next token

@@ -8,9 +8,11 @@ from typing import Any
 from rich.markup import escape
 from textual import work
 from textual.message import Message
+from textual.widgets import Static
 
 from assistant.errors import AssistantError
 from assistant.learning_notice import explain_gate
+from tui.app_host import AppHost
 from tui.learning_screen import LearningScreen, describe_event
 
 
@@ -33,7 +35,7 @@ def round_summary(result: Any) -> dict[str, Any]:
     }
 
 
-class LearningMixin:
+class LearningMixin(AppHost):
     """Mixed into ``AssistantApp`` (which provides chat, assistant, settings, notify, query_one)."""
 
     def action_learning(self) -> None:
@@ -91,7 +93,7 @@ class LearningMixin:
         if self.chat is None:
             return
         key = (self.chat.user, self.chat.pack.id)
-        box = self.query_one("#learning")
+        box = self.query_one("#learning", Static)
         running = self.learning_progress.get(key)
         if running:
             box.update(escape(describe_event(running)))

@@ -9,8 +9,10 @@ from typing import Any
 from rich.markup import escape
 from textual import work
 
+from tui.app_host import AppHost
 
-class LoadingMixin:
+
+class LoadingMixin(AppHost):
     """Mixed into ``AssistantApp``."""
 
     _loading: Any = None  # a tui.loading.LoadProgress while the model loads

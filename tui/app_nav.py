@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from assistant.errors import AssistantError
 from assistant.settings import remember_choice
+from tui.app_host import AppHost
 from tui.screens import ConversationsScreen, PackScreen
 from tui.widgets import AssistantMessage, ChatLog, CorrectionMessage, UserMessage
 
 
-class NavMixin:
+class NavMixin(AppHost):
     """Mixed into ``AssistantApp``."""
 
     def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:

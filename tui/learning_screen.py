@@ -4,7 +4,7 @@ its thresholds, and the adapter versions (use one, or roll back to the base mode
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.markup import escape
 from textual import on
@@ -13,6 +13,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
+
+if TYPE_CHECKING:
+    from tui.app import AssistantApp
 
 GATE_ROWS = [
     ("user_loss", "user held-out loss (lower is better)", "{:.3f}"),
@@ -280,7 +283,7 @@ class LearningScreen(ModalScreen[None]):
             refresh()
 
     def action_learn(self) -> None:
-        self.app.learn_now(self.user, self.pack)
+        cast("AssistantApp", self.app).learn_now(self.user, self.pack)  # pushed only by the chat app
 
     @on(Button.Pressed, "#learn-now")
     def _learn_button(self) -> None:

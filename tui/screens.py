@@ -4,7 +4,7 @@ first-run onboarding (the learning panel is in ``tui.learning_screen``)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from rich.markup import escape
 from textual import on, work
@@ -15,6 +15,9 @@ from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from tui.learning_screen import GATE_ROWS, LearningScreen, describe_event, gate_rule  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from tui.app import AssistantApp
 
 
 class HelpScreen(ModalScreen[None]):
@@ -269,8 +272,9 @@ class ConversationsScreen(ModalScreen[str | None]):
             self.journal.delete_conversation(conv.id)
             self.notify("conversation deleted")
             if conv.id == self.current:
-                self.app.conversation_deleted()
-                self.current = self.app.chat.conversation_id
+                app = cast("AssistantApp", self.app)  # this screen is pushed only by the chat app
+                app.conversation_deleted()
+                self.current = app.chat.conversation_id
             self.reload()
 
 
