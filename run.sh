@@ -5,4 +5,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 "$here/scripts/install.sh"
+# bench/ (the benchmarks) is not installed with the package: it runs from this checkout
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 exec "$here/.venv/bin/assistant" "$@"

@@ -6,9 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from assistant.errors import AssistantError
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from personalization import bench, bench_report
+    try:
+        from bench import report as bench_report
+        from bench import users as bench
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", "bench.users", "bench.report"):
+            raise
+        raise AssistantError("the benchmark runs from a checkout of the repository (bench/ is not installed "
+                             "with the package): run `./run.sh bench ...` there") from None
 
     cfg = bench.BenchConfig(
         out=Path(args.out), variants=bench.parse_variants(args.variants), seed=args.seed,

@@ -39,7 +39,7 @@ class SimConfig:
 
 
 def _suite_users(pack: str) -> list[dict[str, Any]]:
-    from personalization.bench import load_suites
+    from personalization.suites import load_suites
 
     users = []
     for _, data in load_suites(sorted(str(p) for p in (paths.repo_data_dir() / "bench").glob("*.json"))):

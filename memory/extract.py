@@ -6,7 +6,7 @@ self-statements, preferences, constraints (allergies, diets, budgets), correctio
 gets an ``attribute`` (e.g. ``residence``, ``diet``, ``allergy:peanuts``) so that a newer
 statement about the same attribute supersedes the older one.
 
-Measured on ``data/memory/extraction_set.jsonl`` by ``python -m memory.eval_extraction``.
+Measured on ``data/memory/extraction_set.jsonl`` by ``python -m bench.extraction``.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from personalization import bench, bench_report
-from personalization.bench import BenchConfig, BenchError
+from bench import report as bench_report
+from bench import users as bench
+from bench.users import BenchConfig, BenchError
+from personalization import suites
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,24 +66,24 @@ def test_bad_suites_are_rejected_with_path_and_field(tmp_path, mutate, field, wo
     mutate(data)
     path = _write(tmp_path, data)
     with pytest.raises(BenchError) as err:
-        bench.load_suite(path)
+        suites.load_suite(path)
     assert str(err.value).startswith(f"{path}: {field}: ")
     assert words in str(err.value)
 
 
 def test_bad_json_and_duplicate_users_across_suites(tmp_path):
     with pytest.raises(BenchError, match="not valid JSON"):
-        bench.load_suite(_write(tmp_path, "{nope", "x.json"))
+        suites.load_suite(_write(tmp_path, "{nope", "x.json"))
     a = _write(tmp_path, TINY_SUITE, "a.json")
     other = dict(copy.deepcopy(TINY_SUITE), name="other")
     b = _write(tmp_path, other, "b.json")
     with pytest.raises(BenchError, match=r"b\.json: users\[0\]\.id: user id 'tiny-u1' is also used in"):
-        bench.load_suites([a, b])
+        suites.load_suites([a, b])
 
 
 def test_shipped_suites_are_valid():
-    suites = bench.load_suites(sorted((ROOT / "data" / "bench").glob("*.json")))
-    assert len(suites) == 3
+    loaded = suites.load_suites(sorted((ROOT / "data" / "bench").glob("*.json")))
+    assert len(loaded) == 3
 
 
 def test_cli_rejects_a_bad_suite_with_nonzero_exit(tmp_path, capsys):
@@ -104,38 +106,38 @@ def test_variants_parsing():
 # ------------------------------------------------------------------------------ scoring
 def test_scoring_rules():
     probes = {p["id"]: p for p in TINY_SUITE["users"][0]["probes"]}
-    assert bench.score_probe(probes["p1"], "You cook for TWO people.")["passed"]
-    assert not bench.score_probe(probes["p1"], "For a family.")["passed"]
-    upd = bench.score_probe(probes["p3"], "You moved from Paris to Lyon.")
+    assert suites.score_probe(probes["p1"], "You cook for TWO people.")["passed"]
+    assert not suites.score_probe(probes["p1"], "For a family.")["passed"]
+    upd = suites.score_probe(probes["p3"], "You moved from Paris to Lyon.")
     assert not upd["passed"] and upd["forbid_hit"]
-    assert bench.score_probe(probes["p3"], "Lyon.")["passed"]
-    assert bench.score_probe(probes["p4"], "I don't know your sister's name.")["passed"]
-    assert not bench.score_probe(probes["p4"], "Her name is Clara.")["passed"]
-    leak = bench.score_probe(probes["p5"], "Ben banks with northwind.")
+    assert suites.score_probe(probes["p3"], "Lyon.")["passed"]
+    assert suites.score_probe(probes["p4"], "I don't know your sister's name.")["passed"]
+    assert not suites.score_probe(probes["p4"], "Her name is Clara.")["passed"]
+    leak = suites.score_probe(probes["p5"], "Ben banks with northwind.")
     assert not leak["passed"] and leak["forbid_hit"]
     # prefer/over: every check must pass
-    assert bench.score_probe(probes["p2"], "A lentil stew.", margin=0.3)["passed"]
-    assert not bench.score_probe(probes["p2"], "A lentil stew.", margin=-0.1)["passed"]
-    assert not bench.score_probe(probes["p2"], "Chicken!", margin=0.3)["passed"]
-    assert bench.score_probe(probes["p6"], "whatever", margin=0.01)["passed"]
-    assert not bench.score_probe(probes["p6"], "whatever", margin=None)["passed"]
+    assert suites.score_probe(probes["p2"], "A lentil stew.", margin=0.3)["passed"]
+    assert not suites.score_probe(probes["p2"], "A lentil stew.", margin=-0.1)["passed"]
+    assert not suites.score_probe(probes["p2"], "Chicken!", margin=0.3)["passed"]
+    assert suites.score_probe(probes["p6"], "whatever", margin=0.01)["passed"]
+    assert not suites.score_probe(probes["p6"], "whatever", margin=None)["passed"]
 
 
 def test_secret_owner():
     user = {"sessions": [[{"user": "My bank is Northwind."}]]}
-    assert bench.secret_owner(user, ["northwind"])
-    assert not bench.secret_owner(user, ["HLT-1"])
+    assert suites.secret_owner(user, ["northwind"])
+    assert not suites.secret_owner(user, ["HLT-1"])
 
 
 def test_bootstrap_ci():
-    assert bench.bootstrap_ci([]) is None
-    assert bench.bootstrap_ci([1] * 20) == [1.0, 1.0]
-    assert bench.bootstrap_ci([0] * 20) == [0.0, 0.0]
+    assert suites.bootstrap_ci([]) is None
+    assert suites.bootstrap_ci([1] * 20) == [1.0, 1.0]
+    assert suites.bootstrap_ci([0] * 20) == [0.0, 0.0]
     outcomes = [1] * 30 + [0] * 70
-    lo, hi = bench.bootstrap_ci(outcomes, seed=3)
+    lo, hi = suites.bootstrap_ci(outcomes, seed=3)
     assert lo < 0.3 < hi and 0.18 < lo and hi < 0.42
-    assert bench.bootstrap_ci(outcomes, seed=3) == [lo, hi]  # seeded: reproducible
-    lo5, hi5 = bench.bootstrap_ci(outcomes[::10] , seed=3)
+    assert suites.bootstrap_ci(outcomes, seed=3) == [lo, hi]  # seeded: reproducible
+    lo5, hi5 = suites.bootstrap_ci(outcomes[::10] , seed=3)
     assert hi5 - lo5 > hi - lo  # fewer outcomes, wider interval
 
 
@@ -158,10 +160,10 @@ def test_end_to_end_tiny_and_resume(tmp_path, tiny_engine, monkeypatch, capsys):
     out = tmp_path / "out"
     a = _tiny_assistant(tiny_engine, out, monkeypatch)
     report = bench.run_bench([str(suite)], _cfg(out), assistant=a)
-    assert set(report["variants"]) == set(bench.VARIANTS)
-    for v in bench.VARIANTS:
+    assert set(report["variants"]) == set(suites.VARIANTS)
+    for v in suites.VARIANTS:
         kinds = report["variants"][v]["kinds"]
-        assert set(kinds) == set(bench.KINDS)
+        assert set(kinds) == set(suites.KINDS)
         for stats in kinds.values():
             assert stats["n"] == 1 and 0.0 <= stats["pass_rate"] <= 1.0
             assert stats["ci"][0] <= stats["pass_rate"] <= stats["ci"][1]
@@ -253,10 +255,10 @@ def test_real_quick_bench_one_user(tmp_path, real_engine, monkeypatch):
     cfg = BenchConfig(out=out, quick=True, limit_users=1, max_steps=10, time_budget_s=20)
     report = bench.run_bench([str(ROOT / "data" / "bench" / "chef.json")], cfg, assistant=a)
     real_engine.set_adapter(None, None)
-    assert list(report["variants"]) == list(bench.VARIANTS)
-    for v in bench.VARIANTS:
+    assert list(report["variants"]) == list(suites.VARIANTS)
+    for v in suites.VARIANTS:
         assert report["variants"][v]["overall"]["n"] == 8
-        assert set(report["variants"][v]["kinds"]) == set(bench.KINDS)
+        assert set(report["variants"][v]["kinds"]) == set(suites.KINDS)
     assert {"forgetting", "cost", "users", "suites"} <= set(report)
     assert report["cost"]["decode_tokens_per_s"] > 0
     for name in bench_report.PLOTS:

@@ -163,7 +163,7 @@ def test_a_corrupted_store_gives_a_clear_error_and_loses_nothing_else(home):
 
 
 def test_extraction_meets_precision_and_recall_targets():
-    from memory.eval_extraction import evaluate
+    from bench.extraction import evaluate
 
     for which in ("tuning", "heldout"):
         result = evaluate(which=which)

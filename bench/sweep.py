@@ -1,6 +1,6 @@
 """A small sweep of LoRA rank and learning rate on the real model: prints a table, asserts nothing.
 
-    python -m personalization.sweep [--configs 8:5e-4,8:1e-3,16:5e-4,4:2e-3] [--steps 40] [--pack chef]
+    python -m bench.sweep [--configs 8:5e-4,8:1e-3,16:5e-4,4:2e-3] [--steps 40] [--pack chef]
 
 One scenario for every config: six corrections teach a fact (memory off) and the round's dataset
 is built as a learning round builds it (pairs, probes, replay). Each config trains from the base
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from personalization.bench_learning import NEW_PHRASINGS, PHRASINGS
+from bench.learning import NEW_PHRASINGS, PHRASINGS
 
 TAUGHT = "Your cat is called Biscuit."
 

@@ -1,6 +1,6 @@
 """Precision and recall of the memory extractor on the labelled set in ``data/memory/``.
 
-    python -m memory.eval_extraction [--show-errors]
+    python -m bench.extraction [--show-errors]
 
 A message counts as a true positive when the extractor stores something for a message labelled
 fact or preference, with the labelled kind, containing every key term.

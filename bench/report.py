@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from personalization.bench import KINDS, bootstrap_ci
+from personalization.suites import KINDS, bootstrap_ci
 
 PLOTS = ("pass_rate.png", "forgetting.png")
 

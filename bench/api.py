@@ -1,6 +1,6 @@
 """Local API benchmark: prints numbers, asserts nothing.
 
-    python -m assistant.bench_api [--model default] [--max-tokens 16] [--plan 1:16,4:16,16:32]
+    python -m bench.api [--model default] [--max-tokens 16] [--plan 1:16,4:16,16:32]
 
 Starts the real server (uvicorn, a free 127.0.0.1 port) around the real model, loaded with
 ``Engine.load`` in a scratch data directory (``ASSISTANT_HOME`` is a temp dir, so the default
@@ -38,7 +38,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m assistant.bench_api", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--plan", default="1:16,4:16,16:32", help="concurrency:requests pairs")

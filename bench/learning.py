@@ -1,6 +1,6 @@
 """Learning benchmark: prints numbers, asserts nothing.
 
-    python -m personalization.bench_learning [--corrections 8] [--pack chef]
+    python -m bench.learning [--corrections 8] [--pack chef]
 
 In a scratch data directory (reusing the converted default model when there is one), a user
 corrects the same fact in N phrasings with memory off, then one learning round runs. Printed:

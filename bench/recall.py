@@ -1,6 +1,6 @@
 """Memory benchmark: recall latency p50/p95 at 1k, 10k and 100k memories, and insert throughput.
 
-    python -m memory.bench_recall [--sizes 1000,10000,100000] [--queries 50]
+    python -m bench.recall [--sizes 1000,10000,100000] [--queries 50]
 
 Insert throughput is measured end to end (real embedder + chromadb) on the first 1,000
 memories. To reach 100k in minutes, the remaining memories are inserted with vectors computed by
