@@ -238,9 +238,9 @@ async def add_memory(request: Request, c: Ctx = Depends(ctx)):
         raise ApiError(400, "the memory text is empty", param="text")
 
     def run() -> Any:
-        from memory.extract import attribute
+        from memory.extract import attribute_of
 
-        return c.store(uname).add(req.text, req.kind, attribute=attribute(req.text))
+        return c.store(uname).add(req.text, req.kind, attribute=attribute_of(req.text))
 
     return _memory_json(await c.worker.run(run))
 

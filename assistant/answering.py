@@ -77,9 +77,19 @@ def _to_recalled(memories: Sequence[Any], text_of: Any = None) -> list[Recalled]
             for i, m in enumerate(memories, 1)]
 
 
+def recalled_for(store: Any, text: str, pack: Any, count_tokens: Any, settings: Any) -> list[Recalled]:
+    """What the general recall (``MemoryStore.recall``) ranks for ``text`` among the user's
+    memories and ``pack``'s notes, as prompt objects; ``settings``: the memory settings."""
+    memories = store.recall(
+        text, store.knowledge(pack.id, pack.knowledge_files()), k=settings.recall_k,
+        min_similarity=settings.min_similarity, budget_tokens=settings.budget_tokens, count_tokens=count_tokens,
+    )
+    return _to_recalled(memories)
+
+
 def store_recall(chat: Any, text: str, store: Any) -> list[Recalled]:
     """The memories (and notes) the general recall ranks for ``text``."""
-    return store.recall_for_prompt(text, chat.pack.id, chat.assistant.engine.count_tokens, chat.assistant.settings.memory)
+    return recalled_for(store, text, chat.pack, chat.assistant.engine.count_tokens, chat.assistant.settings.memory)
 
 
 def style_preferences(store: Any) -> list[str]:
@@ -115,7 +125,8 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
     notes: list[Any] = []
     order: list[str] = []
     if has_notes:
-        chunks = [c for c in store.knowledge(chat.pack.id).query(text, 4) if (c.similarity or 0) >= NOTE_MIN_SIMILARITY]
+        notes_base = store.knowledge(chat.pack.id, chat.pack.knowledge_files())
+        chunks = [c for c in notes_base.query(text, 4) if (c.similarity or 0) >= NOTE_MIN_SIMILARITY]
         if grounding.is_question(text) and chunks:
             best = recall.note_sentences(store.embedder, text, chunks, top=2)
             lead = [b for b in best if b.similarity >= LEAD_MIN_SIMILARITY]

@@ -39,7 +39,8 @@ def main() -> None:
         import numpy as np
 
         from assistant.settings import MemorySettings
-        from memory.store import Memory, MemoryStore
+        from memory.store import MemoryStore
+        from memory.types import Memory
 
         store = MemoryStore("bench", MemorySettings())
         rng = random.Random(0)

@@ -30,10 +30,10 @@ def cmd_memory(args: argparse.Namespace) -> int:
             for m in store.search(" ".join(args.query), k=args.k):
                 print(f"{m.id}  {m.similarity:.2f}  [{m.kind}] {m.text}")
         elif action == "add":
-            from memory.extract import attribute
+            from memory.extract import attribute_of
 
             text = " ".join(args.text)
-            m = store.add(text, args.kind, attribute=attribute(text))
+            m = store.add(text, args.kind, attribute=attribute_of(text))
             print(f"added {m.id}: {m.text}")
         elif action == "edit":
             m = store.edit(args.id, " ".join(args.text))

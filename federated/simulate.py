@@ -100,6 +100,7 @@ def _replay(engine: Any, settings: Any, home: Path, pack: str, user: dict[str, A
 
 def _heldout_probes(engine: Any, settings: Any, home: Path, pack_id: str, users: list[dict[str, Any]]) -> list[dict]:
     """The prompts the assistant would send for the held-out users' preference/style probes."""
+    from assistant.answering import recalled_for
     from assistant.core import Assistant
     from assistant.prompt import user_block
 
@@ -112,7 +113,7 @@ def _heldout_probes(engine: Any, settings: Any, home: Path, pack_id: str, users:
             for probe in user["probes"]:
                 if probe["kind"] not in ("preference", "style") or "prefer" not in probe:
                     continue
-                recalled = store.recall_for_prompt(probe["ask"], pack_id, engine.count_tokens, settings.memory) \
+                recalled = recalled_for(store, probe["ask"], pack, engine.count_tokens, settings.memory) \
                     if store is not None else []
                 out.append({"user": user["id"], "id": probe["id"], "kind": probe["kind"],
                             "messages": [{"role": "system", "content": pack.system_prompt()},

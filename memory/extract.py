@@ -134,7 +134,9 @@ _NAMED_ATTR = re.compile(r"\bmy ((?:\w+'s )?\w+(?: \w+)?) (?:is|are|was) (?!not\
 _ALLERGY = re.compile(r"\ballerg\w* (?:to )?(\w+(?: \w+)?)|\b(\w+) allergy\b|\bintolerant to (\w+)|\b(\w+) intoleran", re.I)
 
 
-def attribute(sentence: str) -> str:
+def attribute_of(sentence: str) -> str:
+    """The attribute a sentence states ("allergy:peanut", "residence", "my:oven"; "" if none): a
+    newer memory with the same attribute supersedes the older one."""
     m = _ALLERGY.search(sentence)
     if m:
         item = next(g for g in m.groups() if g).lower()
@@ -274,5 +276,5 @@ def extract(message: str, hints: Sequence[str] = ()) -> list[Extracted]:
         text = sentence.strip()
         if not text.endswith((".", "!")):
             text += "."
-        items.append(Extracted(text=text, kind=kind, op=op, attribute=attribute(text)))
+        items.append(Extracted(text=text, kind=kind, op=op, attribute=attribute_of(text)))
     return items

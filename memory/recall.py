@@ -16,13 +16,18 @@ Every user turn is kept as an episode (see ``assistant.core``); an episode whose
 extracted facts is represented by those facts (so a superseded fact cannot come back through its
 episode), others are candidates in their own right, so natural chat that the extraction rules
 miss is still recalled.
+
+``rank`` is the general recall (``MemoryStore.recall``): similarity + recency + kind,
+thresholded, deduplicated and kept within a token budget.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOP = frozenset(
@@ -245,3 +250,47 @@ def note_sentences(embedder: Any, question: str, chunks: Sequence[Any], top: int
         scored.append(NoteSentence(sent, chunk, sim, sim + 0.04 * hits + chunk_weight * (chunk.similarity or 0.0)))
     scored.sort(key=lambda s: -s.score)
     return scored[:top]
+
+
+# ---------------------------------------------------------------- the general recall's ranking
+_KIND_WEIGHT = {"fact": 0.05, "preference": 0.05, "episode": -0.08, "knowledge": 0.0}
+_EPISODE_QUERY = re.compile(r"\b(talk(ed)? about|discuss(ed)?|last time|earlier|before|previous(ly)?|remember when)\b", re.I)
+
+
+def recall_kinds(query: str) -> list[str]:
+    """The kinds of memory the general recall searches: episodes only when asked about the past."""
+    return ["fact", "preference"] + (["episode"] if _EPISODE_QUERY.search(query) else [])
+
+
+def rank(candidates: Sequence[Any], *, k: int = 6, min_similarity: float = 0.35, budget_tokens: int = 200,
+         count_tokens: Callable[[str], int] | None = None, now: float | None = None) -> list[Any]:
+    """The best ``k`` candidates by similarity + kind + recency, each above its threshold (pack
+    knowledge needs 0.1 more), without duplicate texts, within ``budget_tokens``."""
+    now = time.time() if now is None else now
+    scored = []
+    for m in candidates:
+        sim = m.similarity or 0.0
+        threshold = min_similarity + (0.1 if m.kind == "knowledge" else 0.0)
+        if sim < threshold:
+            continue
+        age_days = max(0.0, now - (m.updated or m.created)) / 86400
+        score = sim + _KIND_WEIGHT[m.kind] + 0.05 * math.exp(-age_days / 30)
+        scored.append((score, m))
+    scored.sort(key=lambda pair: -pair[0])
+    chosen: list[Any] = []
+    seen: set[str] = set()
+    used = 0
+    count = count_tokens or (lambda t: len(t.split()) * 4 // 3 + 1)
+    for _, m in scored:
+        key = re.sub(r"\W+", " ", m.text.lower()).strip()
+        if key in seen:
+            continue
+        cost = count(m.text) + 6
+        if used + cost > budget_tokens:
+            continue
+        seen.add(key)
+        used += cost
+        chosen.append(m)
+        if len(chosen) >= k:
+            break
+    return chosen

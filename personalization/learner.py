@@ -167,7 +167,7 @@ class Learner:
 
         if mem is None or not pack.knowledge_files():
             return []
-        notes_for = screen.note_lookup(mem.knowledge(pack.id), mem.embedder)
+        notes_for = screen.note_lookup(mem.knowledge(pack.id, pack.knowledge_files()), mem.embedder)
         found = screen.against_notes(data.train + data.pairs + data.heldout, notes_for)
         bad = {id(c.example) for c in found}
         data.train = [e for e in data.train if id(e) not in bad]

@@ -22,7 +22,7 @@ def _files_containing(root, needle: bytes):
     The HNSW library writes partly uninitialised heap memory into data_level0.bin and length.bin
     when it creates an index; the store has rebuilds written by a fresh child process and keeps
     the index persisted so the process that saw a forgotten text never creates one (see
-    memory/store.py). Nothing is left out here.
+    memory/chroma.py). Nothing is left out here.
     """
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
@@ -118,7 +118,7 @@ def test_edit_replaces_text_everywhere(store):
 
 def test_pack_knowledge_is_ingested_once_and_reingested_on_change(home):
     from memory import embedder
-    from memory.store import KnowledgeBase
+    from memory.knowledge import KnowledgeBase
     from tests.conftest import copy_pack
 
     root = copy_pack("general", home / "packs")

@@ -198,12 +198,12 @@ def test_garbage_journal_is_replaced_not_fatal(home):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_rebuild_child_dies_with_its_parent(tmp_path):
     """The parent starts the store's rebuild child and is killed; the child must not live on."""
-    from memory.store import _CHILD_CODE
+    from memory.chroma import CHILD_CODE
 
     read_fd, write_fd = os.pipe()  # the test keeps the child's stdin open: only the parent's death can end it
     parent_code = (
         "import os, subprocess, sys, time\n"
-        f"p = subprocess.Popen([sys.executable, '-c', {_CHILD_CODE!r}, {str(ROOT)!r}, str(os.getpid())], "
+        f"p = subprocess.Popen([sys.executable, '-c', {CHILD_CODE!r}, {str(ROOT)!r}, str(os.getpid())], "
         f"stdin={read_fd}, pass_fds=({read_fd},))\n"
         "print(p.pid, flush=True)\ntime.sleep(600)\n"
     )
