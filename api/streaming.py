@@ -21,7 +21,7 @@ async def start(ctx: Any, produce: Callable[[Any], Iterator[tuple[str, Any]]]) -
     """Run ``produce(cancel)`` (a generator of events) on the worker. Returns the first event (an
     error in it is raised here, before any byte is sent, so it gets its HTTP status), an async
     iterator over the following events, and the cancel token (set it when the client leaves)."""
-    from assistant.engine import CancelToken
+    from assistant.generation import CancelToken
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from assistant import grounding
-from assistant.engine import CancelToken, GenParams, GenStats
+from assistant.generation import CancelToken, GenParams, GenStats
 from assistant.prompt import Recalled
 
 # A note sentence leads the answer only when it is this similar to the question (MiniLM cosine).

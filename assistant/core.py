@@ -18,8 +18,9 @@ from assistant import packs as packs_mod
 from assistant import prompt as prompt_mod
 from assistant import safety
 from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
-from assistant.engine import CancelToken, Engine, GenParams, GenStats, KVSession
+from assistant.engine import Engine
 from assistant.errors import AssistantError, PromptError
+from assistant.generation import CancelToken, GenParams, GenStats, KVSession
 from assistant.settings import Settings
 from assistant.text import clean_text
 

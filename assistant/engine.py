@@ -13,19 +13,28 @@ import copy
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from assistant.calibration import (  # noqa: F401  (re-exported: cli imports them from here)
-    CALIBRATION_FILE,
-    cached_calibration,
-    calibrate,
-    machine_id,
-    read_quantized,
-    write_quantized,
+from assistant.calibration import cached_calibration, calibrate, read_quantized, write_quantized
+from assistant.errors import ModelError, PromptError
+from assistant.generation import (
+    CancelToken,
+    Generation,
+    GenParams,
+    GenStats,
+    KVSession,
+    template_for,
 )
-from assistant.errors import Cancelled, ModelError, PromptError
+from assistant.sampling import (
+    Detokenizer,
+    cast_cache,
+    copy_cache,
+    crop_cache,
+    penalize,
+    sample,
+    set_threads,
+)
 
 if TYPE_CHECKING:
     from assistant.decode import Decoder, StaticKV
@@ -35,117 +44,6 @@ if TYPE_CHECKING:
 # docs/speed.md). libgomp reads this once, when torch is first imported, so it only takes effect
 # when this module is imported before torch; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-FALLBACK_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-# Gemma's turn format: "user" and "model" turns, each closed by <end_of_turn>; Gemma has no system
-# role, so a system message opens the first user turn, separated by a blank line.
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(system='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = ns.system + m['content'] + '\n\n' %}"
-    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
-    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
-    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
-
-def template_for(tokenizer: Any, name: str = "the model") -> str:
-    """A chat template for a tokenizer that ships none, chosen by the turn markers its vocabulary
-    has; a clear error when there is no known format to use."""
-    vocab = tokenizer.get_vocab()
-    if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab:
-        return GEMMA_TEMPLATE
-    if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
-        return FALLBACK_TEMPLATE
-    raise ModelError(
-        f"{name} has no chat template and no turn markers this program knows: set `model.chat_template` in "
-        "config.toml to a Jinja chat template file for it (or add chat_template.jinja to the model folder)"
-    )
-
-
-@dataclass
-class GenParams:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    # >1 discourages repeating recent tokens (the small default model loops without it).
-    repetition_penalty: float = 1.0
-    penalty_window: int = 64
-
-    def __post_init__(self) -> None:  # out-of-range values fail here, with the valid range
-        from assistant.settings import check_generation
-
-        check_generation({k: getattr(self, k) for k in ("temperature", "top_p", "max_new_tokens", "repetition_penalty", "seed")})
-
-
-@dataclass
-class GenStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens whose KV came from the conversation cache
-    completion_tokens: int = 0
-    ttft_s: float = 0.0  # time to first token (prefill + first sample)
-    decode_s: float = 0.0
-    finish_reason: str = ""  # "stop" (end of turn / stop string), "length", "cancelled"
-
-    @property
-    def decode_tps(self) -> float:
-        n = self.completion_tokens - 1
-        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
-
-
-class CancelToken:
-    """Set from any thread; the decode loop checks it before every token."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-@dataclass
-class KVSession:
-    """A conversation's KV cache, the token ids it holds and the adapter it was computed with."""
-
-    ids: list[int] = field(default_factory=list)
-    cache: Any = None
-    adapter: str | None = None
-
-    def reset(self) -> None:
-        self.ids = []
-        self.cache = None
-        self.adapter = None
-
-
-class Generation:
-    """Iterate for text chunks; afterwards ``text`` and ``stats`` hold the result."""
-
-    def __init__(self, chunks: Iterator[str], stats: GenStats) -> None:
-        self._chunks = chunks
-        self.stats = stats
-        self.text = ""
-
-    def __iter__(self) -> Iterator[str]:
-        for chunk in self._chunks:
-            self.text += chunk
-            yield chunk
-
-    def collect(self) -> str:
-        for _ in self:
-            pass
-        return self.text
-
 
 def _dtype(name: str):
     """The torch dtype of a phase's activations and KV cache ("int8" weights work in bfloat16)."""
@@ -356,12 +254,12 @@ class Engine:
             logits = self._forward(self.prefill_dtype, ids[start:], cache)
             session.ids = list(ids)
             if fresh:
-                self._shared = KVSession(list(ids), _copy_cache(cache, len(ids), self.config), self.adapter_id)
+                self._shared = KVSession(list(ids), copy_cache(cache, len(ids), self.config), self.adapter_id)
             int8_step = self._decoder
             fast = int8_step is not None
             if self.decode_dtype != self.prefill_dtype and not fast:
-                _cast_cache(cache, _dtype(self.decode_dtype))
-            decoder = _Detokenizer(self.tokenizer, params.stop)
+                cast_cache(cache, _dtype(self.decode_dtype))
+            decoder = Detokenizer(self.tokenizer, params.stop)
             produced: list[int] = []
             stats.finish_reason = "length"
             t_first = None
@@ -415,10 +313,10 @@ class Engine:
     def _pick(logits: Any, context: list[int], params: GenParams, generator: Any, constraint: Any = None) -> int:
         """The one sampling step: penalties, then a constraint's mask (structured output), then sampling."""
         if params.repetition_penalty != 1.0:
-            logits = _penalize(logits, context[-params.penalty_window :], params.repetition_penalty)
+            logits = penalize(logits, context[-params.penalty_window :], params.repetition_penalty)
         if constraint is not None:
             logits = constraint.mask(logits)
-        return _sample(logits, params, generator)
+        return sample(logits, params, generator)
 
     def clear_shared_prefix(self) -> None:
         """Forget the shared prompt prefix: the next new conversation prefills from scratch
@@ -460,14 +358,14 @@ class Engine:
         if session.cache is not None and session.ids and session.adapter == self.adapter_id:
             common = common_prefix(session.ids)
             if common > 0:
-                _crop_cache(session.cache, common)
-                _cast_cache(session.cache, _dtype(self.prefill_dtype))
+                crop_cache(session.cache, common)
+                cast_cache(session.cache, _dtype(self.prefill_dtype))
                 return session.cache, common
         shared = self._shared
         if shared.cache is not None and shared.adapter == self.adapter_id:
             common = common_prefix(shared.ids)
             if common >= 16:
-                return _copy_cache(shared.cache, common, self.config), common
+                return copy_cache(shared.cache, common, self.config), common
         return DynamicCache(config=self.config), 0
 
     def _forward(self, dtype_name: str, ids: list[int], cache: Any):
@@ -543,119 +441,3 @@ class Engine:
                 param.data.copy_(weight.to(param.dtype))
         if name in self._int8_layers:
             self._int8_layers[name].load_float(weight)
-
-
-class _Detokenizer:
-    """Incremental decoding that never emits half a UTF-8 character or half a stop string."""
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # ids[prefix:read] were decoded into the text already emitted
-        self.read = 0
-        self.stops = [s for s in stops if s]
-        self.pending = ""  # decoded text held back because it may start a stop string
-        self.done = False
-
-    def push(self, token: int) -> tuple[str, bool]:
-        self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
-        if after.endswith("\ufffd") or len(after) <= len(before):
-            return "", False
-        new = after[len(before) :]
-        self.prefix, self.read = self.read, len(self.ids)
-        return self._filter(new)
-
-    def _filter(self, new: str) -> tuple[str, bool]:
-        if not self.stops:
-            return new, False
-        text = self.pending + new
-        for stop in self.stops:
-            at = text.find(stop)
-            if at >= 0:
-                self.pending = ""
-                self.done = True
-                return text[:at], True
-        hold = 0
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:k]):
-                    hold = max(hold, k)
-                    break
-        self.pending = text[len(text) - hold :] if hold else ""
-        return text[: len(text) - hold], False
-
-    def flush(self) -> str:
-        if self.done:
-            return ""
-        rest = self.pending
-        self.pending = ""
-        return rest
-
-
-def _penalize(logits: Any, recent: Sequence[int], penalty: float) -> Any:
-    import torch
-
-    index = torch.tensor(sorted(set(recent)), dtype=torch.long)
-    picked = logits[index]
-    logits = logits.clone()
-    logits[index] = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits
-
-
-def _sample(logits: Any, params: GenParams, generator: Any) -> int:
-    import torch
-
-    if params.temperature <= 0 or generator is None:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        cumulative = torch.cumsum(sorted_p, dim=-1)
-        keep = cumulative - sorted_p < params.top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _layers(cache: Any) -> list[Any]:
-    return [layer for layer in getattr(cache, "layers", []) if getattr(layer, "keys", None) is not None]
-
-
-def _crop_cache(cache: Any, length: int) -> None:
-    for layer in _layers(cache):
-        if layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
-
-
-def _copy_cache(cache: Any, length: int, config: Any) -> Any:
-    """A new cache holding copies of the first ``length`` positions of ``cache``."""
-    from transformers import DynamicCache
-
-    out = DynamicCache(config=config)
-    for i, layer in enumerate(_layers(cache)):
-        out.update(layer.keys[..., :length, :].clone(), layer.values[..., :length, :].clone(), i)
-    return out
-
-
-def _cast_cache(cache: Any, dtype: Any) -> None:
-    for layer in _layers(cache):
-        if layer.keys.dtype != dtype:
-            layer.keys = layer.keys.to(dtype)
-            layer.values = layer.values.to(dtype)
-            if hasattr(layer, "dtype"):
-                layer.dtype = dtype
-
-
-def set_threads(threads: int) -> None:
-    import torch
-
-    n = threads or os.cpu_count() or 1
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-__all__ = ["Engine", "GenParams", "GenStats", "Generation", "KVSession", "CancelToken", "Cancelled", "calibrate"]

@@ -82,7 +82,8 @@ def _adapter_deltas(engine: Any, rank: int = 8) -> dict[str, Any]:
 
 def _ours(plan: dict[str, Any]) -> dict[str, Any]:
     from assistant import settings as settings_mod
-    from assistant.engine import Engine, GenParams, KVSession
+    from assistant.engine import Engine
+    from assistant.generation import GenParams, KVSession
 
     name = "default" if plan["model"] == "default" else plan["gguf"]
     s = settings_mod.load(env={}, overrides={"model.name": name, "model.threads": plan["threads"]})

@@ -46,7 +46,9 @@ def _rss_mb() -> int:
 def _one(dtype: str, model: str) -> dict:
     from assistant import model_store
     from assistant import settings as settings_mod
-    from assistant.engine import Engine, GenParams, KVSession, set_threads
+    from assistant.engine import Engine
+    from assistant.generation import GenParams, KVSession
+    from assistant.sampling import set_threads
 
     s = settings_mod.load(env={}, overrides={"model.name": model, "model.prefill_dtype": dtype, "model.decode_dtype": dtype})
     set_threads(s.model.threads)

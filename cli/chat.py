@@ -100,7 +100,7 @@ class _ChatLearning:
 
 
 def _chat_answer(chat: Any, text: str, args: argparse.Namespace) -> None:
-    from assistant.engine import CancelToken
+    from assistant.generation import CancelToken
 
     cancel = CancelToken()
     reply = chat.send(text, cancel=cancel, **gen_overrides(args))

@@ -43,7 +43,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from assistant import model_store, paths
-    from assistant.engine import calibrate, set_threads
+    from assistant.calibration import calibrate
+    from assistant.sampling import set_threads
 
     settings = settings_from(args)
     print(f"data directory: {paths.home()}")
@@ -98,7 +99,8 @@ def _versions() -> dict[str, str]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from assistant import model_store, paths
-    from assistant.engine import CALIBRATION_FILE, machine_id, set_threads
+    from assistant.calibration import CALIBRATION_FILE, machine_id
+    from assistant.sampling import set_threads
 
     settings = settings_from(args)
     set_threads(settings.model.threads)

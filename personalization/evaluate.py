@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from assistant.engine import GenParams
+from assistant.generation import GenParams
 
 ABSTAIN_MARKERS = ("don't know", "do not know", "not sure", "no information", "haven't told", "have not told",
                    "didn't tell", "did not tell", "can't know", "cannot know", "not aware", "don't have", "unknown")

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from assistant.engine import Engine, GenParams, KVSession
+from assistant.engine import Engine
+from assistant.generation import GenParams, KVSession
 from tests.conftest import make_tiny_model
 
 MSGS = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "The capital of France?"}]

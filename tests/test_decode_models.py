@@ -6,8 +6,9 @@ import pytest
 
 from assistant import settings as settings_mod
 from assistant.adapters import AdapterStore, live_for
-from assistant.engine import GEMMA_TEMPLATE, Engine, template_for
+from assistant.engine import Engine
 from assistant.errors import ModelError
+from assistant.generation import GEMMA_TEMPLATE, template_for
 from personalization import trainer
 from tests.conftest import make_tiny_model
 

@@ -6,8 +6,9 @@ import threading
 import pytest
 
 from assistant import prompt
-from assistant.engine import CancelToken, Engine, GenParams, KVSession
+from assistant.engine import Engine
 from assistant.errors import PromptError
+from assistant.generation import CancelToken, GenParams, KVSession
 from tests.conftest import make_tiny_model
 
 MSGS = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "The capital of France?"}]

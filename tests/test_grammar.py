@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from assistant import grammar
-from assistant.engine import GenParams
+from assistant.generation import GenParams
 
 SCHEMA = {
     "type": "object",

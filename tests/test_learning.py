@@ -10,8 +10,9 @@ import pytest
 
 from assistant import settings as settings_mod
 from assistant.adapters import AdapterStore
-from assistant.engine import Engine, GenParams
+from assistant.engine import Engine
 from assistant.errors import AdapterError
+from assistant.generation import GenParams
 from assistant.journal import Journal, Turn, new_turn_id
 from personalization import dataset, gate, trainer
 from tests.conftest import make_tiny_model

@@ -4,7 +4,7 @@ import pytest
 
 from assistant import settings as settings_mod
 from assistant.core import Assistant
-from assistant.engine import GenParams
+from assistant.generation import GenParams
 from personalization.learner import Learner
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(2400)]

@@ -55,7 +55,7 @@ def test_bad_input_prints_one_clear_error_without_traceback(home, setup, args, e
 
 
 def test_cancellation_stops_within_one_token(real_engine):
-    from assistant.engine import CancelToken, GenParams
+    from assistant.generation import CancelToken, GenParams
 
     ids = real_engine.render([{"role": "user", "content": "Write a long story about a dragon."}])
     cancel = CancelToken()
@@ -70,7 +70,7 @@ def test_cancellation_stops_within_one_token(real_engine):
 
 
 def test_fifth_turn_prefills_only_new_tokens(real_engine):
-    from assistant.engine import GenParams, KVSession
+    from assistant.generation import GenParams, KVSession
 
     session = KVSession()
     history = [{"role": "system", "content": "You are a helpful assistant."}]

@@ -15,8 +15,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from assistant import settings as settings_mod
-from assistant.engine import GenParams
 from assistant.errors import BadInputError, ConfigError
+from assistant.generation import GenParams
 from assistant.text import clean_text
 from cli.main import build_parser, main
 

@@ -71,7 +71,8 @@ def test_setup_with_a_cached_decode_only_calibration(tmp_path, monkeypatch, caps
     import json
 
     from assistant import model_store
-    from assistant.engine import CALIBRATION_FILE, machine_id, set_threads
+    from assistant.calibration import CALIBRATION_FILE, machine_id
+    from assistant.sampling import set_threads
     from assistant.settings import load
 
     home = tmp_path / "cached-home"

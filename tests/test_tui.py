@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("textual")
 
 from assistant.core import Assistant  # noqa: E402
-from assistant.engine import Generation, GenStats  # noqa: E402
+from assistant.generation import Generation, GenStats  # noqa: E402
 from assistant.settings import Settings  # noqa: E402
 
 SIZE = (100, 30)

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from assistant.engine import Generation, GenStats  # noqa: E402
+from assistant.generation import Generation, GenStats  # noqa: E402
 from tests.test_tui import GATE, SIZE, FakeEngine, ask, log_text, make, panel_text, wait_idle  # noqa: E402
 
 pytestmark = pytest.mark.anyio

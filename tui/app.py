@@ -18,8 +18,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Input, Static
 
-from assistant.engine import CancelToken
 from assistant.errors import AssistantError
+from assistant.generation import CancelToken
 from assistant.learning_notice import feedback_outlook
 from assistant.settings import remember_choice, remembered_choice
 from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported

@@ -138,7 +138,7 @@ def _calibrated(folder: Path | None) -> bool:
     is only for the estimate."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from assistant.engine import CALIBRATION_FILE
+    from assistant.calibration import CALIBRATION_FILE
 
     if folder is None:
         return False
