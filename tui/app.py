@@ -20,8 +20,8 @@ from textual.widgets import Footer, Header, Input, Static
 
 from assistant.errors import AssistantError
 from assistant.generation import CancelToken
-from assistant.learning_notice import feedback_outlook
 from assistant.settings import remember_choice, remembered_choice
+from tui.app_feedback import FeedbackMixin
 from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
 from tui.app_loading import LoadingMixin
 from tui.app_nav import NavMixin
@@ -31,7 +31,6 @@ from tui.screens import EditScreen, HelpScreen, MemoryScreen, OnboardingScreen
 from tui.widgets import (
     AssistantMessage,
     ChatLog,
-    CorrectionMessage,
     NoteMessage,
     PromptInput,
     Sidebar,
@@ -66,7 +65,7 @@ def write_last_choice(user: str, pack: str) -> None:
     remember_choice(user, pack)
 
 
-class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
+class AssistantApp(LearningMixin, NavMixin, LoadingMixin, FeedbackMixin, App):
     CSS_PATH = "styles.tcss"
     TITLE = "assistant"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -387,59 +386,6 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, App):
             self.notify("there is no answer yet", severity="warning")
             return None
         return self._last
-
-    def _rate(self, rating: int) -> None:
-        target = self._feedback_target()
-        if target is None:
-            return
-        try:
-            self.chat.rate(rating, target.turn_id)
-        except AssistantError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        target.add_mark("[green]👍 rated +1[/]" if rating > 0 else "[red]👎 rated -1[/]")
-        if rating > 0:
-            self.notify("rated +1, " + self._outlook(), timeout=6)
-        else:
-            self.notify(f"rated -1: a bad answer alone is not trained on; correct it ({self._key_for('correct')} "
-                        "or /correct TEXT) to teach the right one", timeout=6)
-        self.refresh_learning()
-
-    def _outlook(self) -> str:
-        return feedback_outlook(self.assistant, self.chat.user, self.chat.pack.id,
-                                background=self.assistant.learner.notify in self.assistant.listeners)
-
-    def action_rate_up(self) -> None:
-        self._rate(1)
-
-    def action_rate_down(self) -> None:
-        self._rate(-1)
-
-    def action_correct(self) -> None:
-        target = self._feedback_target()
-        if target is None:
-            return
-
-        def save(text: str | None) -> None:
-            if text:
-                self._save_correction(target, text)
-
-        # The editor starts empty: the better answer is written from scratch, with the bad one
-        # shown read-only above it (pre-filling it invited small edits of a wrong answer).
-        self.push_screen(EditScreen("Write the answer it should have given", "", shown=target.text,
-                                    shown_title="The answer you are correcting (read-only):",
-                                    placeholder="Type the correct answer here"), save)
-
-    def _save_correction(self, target: AssistantMessage, text: str) -> None:
-        try:
-            self.chat.correct(text, target.turn_id)
-        except AssistantError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.query_one(ChatLog).mount(CorrectionMessage(text, target.turn_id), after=target)
-        target.add_mark("[cyan]corrected[/]")
-        self.notify("correction " + self._outlook(), timeout=6)
-        self.refresh_learning()
 
     def action_copy(self) -> None:
         target = self._feedback_target()

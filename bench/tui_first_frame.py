@@ -1,6 +1,6 @@
 """Time from process start to the TUI's first painted frame (prints numbers, asserts nothing).
 
-    python -m tui.bench_first_frame
+    python -m bench.tui_first_frame
 
 Runs the real app headless in a fresh process with a scratch data directory: the model is not
 loaded before the first frame (it loads in a worker afterwards), so this is the time a user waits
