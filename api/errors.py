@@ -6,7 +6,16 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from assistant.errors import AssistantError, ConfigError, MemoryStoreError, PackError, PromptError
+from assistant.errors import (
+    AssistantError,
+    ConfigError,
+    ContextTooLongError,
+    LockedError,
+    NotFoundError,
+    PackError,
+    StoreBusyError,
+    TurnNotFoundError,
+)
 
 
 class ApiError(Exception):
@@ -34,23 +43,27 @@ def unsupported(field: str, why: str = "") -> ApiError:
                     code="unsupported_parameter", param=field)
 
 
-def from_assistant_error(exc: AssistantError) -> ApiError:
+def _statuses() -> list[tuple[type[AssistantError], int, str | None, str | None]]:
+    """The one table from the core's error types to (HTTP status, OpenAI code, param); first match wins."""
     from assistant.grammar import GrammarError
 
-    msg = str(exc)
-    if isinstance(exc, PromptError) and ("context" in msg or "too long" in msg):
-        return ApiError(400, msg, code="context_length_exceeded", param="messages")
-    if isinstance(exc, PackError):
-        return ApiError(404, msg, code="model_not_found", param="model")
-    if isinstance(exc, ConfigError):
-        return ApiError(400, msg, code="invalid_value")
-    if isinstance(exc, GrammarError):
-        return ApiError(400, msg, code="invalid_schema", param="response_format")
-    if isinstance(exc, MemoryStoreError) and msg.startswith("no memory"):
-        return ApiError(404, msg, code="not_found")
-    if msg.startswith("no turn"):
-        return ApiError(404, msg, code="not_found", param="completion_id")
-    return ApiError(400, msg)
+    return [
+        (ContextTooLongError, 400, "context_length_exceeded", "messages"),
+        (TurnNotFoundError, 404, "not_found", "completion_id"),
+        (NotFoundError, 404, "not_found", None),
+        (PackError, 404, "model_not_found", "model"),
+        (GrammarError, 400, "invalid_schema", "response_format"),
+        (ConfigError, 400, "invalid_value", None),
+        (StoreBusyError, 503, "store_busy", None),
+        (LockedError, 503, "locked", None),
+    ]
+
+
+def from_assistant_error(exc: AssistantError) -> ApiError:
+    for kind, status, code, param in _statuses():
+        if isinstance(exc, kind):
+            return ApiError(status, str(exc), code=code, param=param)
+    return ApiError(400, str(exc))
 
 
 def as_api_error(exc: BaseException) -> ApiError:

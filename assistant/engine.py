@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from assistant.calibration import cached_calibration, calibrate, read_quantized, write_quantized
-from assistant.errors import ModelError, PromptError
+from assistant.errors import ContextTooLongError, ModelError, PromptError
 from assistant.generation import (
     CancelToken,
     Generation,
@@ -228,7 +228,7 @@ class Engine:
         if not ids:
             raise PromptError("the prompt is empty: type a message first")
         if len(ids) + 1 > self.context_tokens:
-            raise PromptError(
+            raise ContextTooLongError(
                 f"the prompt is {len(ids)} tokens but the model's context is {self.context_tokens}: "
                 "shorten the message (or raise model.context_tokens if the model allows it)"
             )

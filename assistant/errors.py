@@ -27,12 +27,32 @@ class PromptError(AssistantError):
     """The prompt is empty or cannot fit in the model's context."""
 
 
+class ContextTooLongError(PromptError):
+    """The prompt does not fit in the model's context."""
+
+
+class NotFoundError(AssistantError):
+    """Something the user named (a memory, a turn) does not exist."""
+
+
+class TurnNotFoundError(NotFoundError):
+    """No turn with that id in the user's journal."""
+
+
+class AuthError(AssistantError):
+    """A key is missing, unknown, or not allowed to do this (the API answers 401/403)."""
+
+
 class PackError(AssistantError):
     """A domain pack is missing or invalid."""
 
 
 class MemoryStoreError(AssistantError):
     """The memory store cannot be read or written."""
+
+
+class MemoryNotFoundError(MemoryStoreError, NotFoundError):
+    """No memory with that id for the user."""
 
 
 class AdapterError(AssistantError):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from assistant import crypto, journal_db, paths
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, TurnNotFoundError
 from memory.locking import user_lock
 
 FORGOTTEN = "[forgotten]"
@@ -278,7 +278,7 @@ class Journal:
         with self._write():
             cur = self._db.execute(f"UPDATE turns SET {assignment}, feedback_at=? WHERE id=?", (value, time.time(), turn_id))
         if cur.rowcount == 0:
-            raise AssistantError(f"no turn {turn_id!r} in {self.user}'s journal")
+            raise TurnNotFoundError(f"no turn {turn_id!r} in {self.user}'s journal")
 
     def turn(self, turn_id: str) -> Turn | None:
         with self._read():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from assistant import paths
-from assistant.errors import AssistantError, MemoryStoreError
+from assistant.errors import AssistantError, MemoryNotFoundError, MemoryStoreError
 
 
 @dataclass
@@ -143,7 +143,7 @@ def _choose(store: Any, ids: Sequence[str], search: str | None, everything: bool
     for mid in dict.fromkeys(ids):
         m = store.get(mid)
         if m is None:
-            raise MemoryStoreError(f"no memory {mid!r} for user {store.user!r} (see `assistant memory list`); nothing was forgotten")
+            raise MemoryNotFoundError(f"no memory {mid!r} for user {store.user!r} (see `assistant memory list`); nothing was forgotten")
         chosen.append(m)
     return chosen
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from assistant.errors import PromptError
+from assistant.errors import ContextTooLongError
 
 
 @dataclass
@@ -71,7 +71,7 @@ def build(
         if len(ids) <= limit:
             return Built(ids, messages, dropped)
         if not turns:
-            raise PromptError(
+            raise ContextTooLongError(
                 f"the message is too long: the prompt needs {len(ids)} tokens but the model's context "
                 f"holds {engine.context_tokens}, with {max_new_tokens} kept for the answer. "
                 "Shorten the message or lower --max-tokens."

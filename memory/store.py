@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from assistant import crypto, paths
-from assistant.errors import MemoryStoreError
+from assistant.errors import MemoryNotFoundError, MemoryStoreError
 from memory.chroma import VectorCollection
 from memory.knowledge import KnowledgeBase
 from memory.recall import rank, recall_kinds
@@ -118,7 +118,7 @@ class MemoryStore:
     def _edit(self, memory_id: str, text: str) -> Memory:
         found = self.col.get(ids=[memory_id])
         if not found:
-            raise MemoryStoreError(f"no memory {memory_id!r} for user {self.user!r} (see `assistant memory list`)")
+            raise MemoryNotFoundError(f"no memory {memory_id!r} for user {self.user!r} (see `assistant memory list`)")
         memory = found[0]
         memory.text = _clean(text)
         memory.updated = time.time()
@@ -134,7 +134,7 @@ class MemoryStore:
         existing = {m.id for m in self.col.get(ids=list(ids))} if ids else set()
         missing = ids - existing
         if missing:
-            raise MemoryStoreError(f"no memory {sorted(missing)[0]!r} for user {self.user!r} (see `assistant memory list`)")
+            raise MemoryNotFoundError(f"no memory {sorted(missing)[0]!r} for user {self.user!r} (see `assistant memory list`)")
         # Memories that were superseded by a forgotten one become live again only if the
         # forgotten one was a plain update; forgetting is about text, so we simply unlink.
         dependants = [m for m in self.col.get(where={"superseded_by": {"$in": sorted(ids)}})] if ids else []
