@@ -55,7 +55,13 @@ def index_files_sane(root: Path) -> bool:
             (seg / "link_lists.bin").stat()
         except (OSError, struct.error):
             return False
-        if len(raw) != 100 or count > max_el or level0 != max_el * per_el or lengths != max_el * 4:
+        # A fresh index's files hold max_el elements; one saved after chromadb resized it holds
+        # only the used ones (count); the reader needs at least count whole elements of each.
+        if len(raw) != 100 or count > max_el or not per_el:
+            return False
+        if level0 % per_el or not count * per_el <= level0 <= max_el * per_el:
+            return False
+        if lengths % 4 or not count * 4 <= lengths <= max_el * 4:
             return False
         if count and entry >= count:
             return False

@@ -207,3 +207,19 @@ def test_changing_the_embedder_re_embeds_instead_of_mixing(home):
     hits = other.search("tomatoes balcony", k=1)
     assert hits[0].text == "I grow tomatoes on my balcony."
     other.close()
+
+
+def test_a_grown_index_reopens_without_a_repair(home):
+    """chromadb saves a resized HNSW index with only the used elements in its files: that is a
+    healthy index, not a damaged one (reopening it must not re-embed every record)."""
+    s = MemoryStore("grow", MemorySettings())
+    texts = [f"Note {i}: the shelf number {i} holds jar {i * 7} of spice mix {i % 13}." for i in range(300)]
+    for text in texts:
+        s.add(text, "episode")
+    s.close()
+    again = MemoryStore("grow", MemorySettings())
+    try:
+        assert again.search("Which shelf holds jar 707?", k=1)
+        assert not any("damaged" in n for n in again.col.notices), again.col.notices
+    finally:
+        again.close()
