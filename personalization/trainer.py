@@ -172,6 +172,33 @@ def _batch_loss(model: Any, batch: Sequence[dict[str, Any]], settings: Any) -> t
     return sum(losses) / len(losses), values
 
 
+class _Batches:
+    """Batches that give the user's own examples (corrections, rated answers) half the slots, each
+    drawn from its own shuffled cycle, the replay the rest. Uniform draws left a handful of
+    corrections among dozens of replay lines, seen about once per round when the time budget
+    allows a few batched steps (a busy machine); the replay is there to keep general ability,
+    which the gate's guard set checks."""
+
+    def __init__(self, items: list[dict[str, Any]], size: int, rng: random.Random) -> None:
+        own = [it for it in items if it["own"]]
+        rest = [it for it in items if not it["own"]]
+        self.size = min(size, len(items))
+        self.pools: list[tuple[list[dict[str, Any]], list[int]]] = [(own, []), (rest, [])]
+        self.own_slots = min(len(own), (self.size + 1) // 2) if rest else self.size
+        self.rng = rng
+
+    def _draw(self, pool: int) -> dict[str, Any]:
+        items, order = self.pools[pool]
+        if not order:
+            order.extend(range(len(items)))
+            self.rng.shuffle(order)
+        return items[order.pop()]
+
+    def next(self) -> list[dict[str, Any]]:
+        own = [self._draw(0) for _ in range(self.own_slots)] if self.pools[0][0] else []
+        return own + [self._draw(1) for _ in range(self.size - len(own))]
+
+
 def train(
     model: Any, tokenizer: Any, render: Callable[..., list[int]], examples: Sequence[Example], settings: Any, *,
     on_progress: Callable[[Progress], None] | None = None, should_pause: Callable[[], bool] | None = None,
@@ -197,7 +224,7 @@ def train(
     model.train()
     total = settings.max_steps
     tokens = 0
-    order: list[int] = []
+    batches = _Batches(items, batch_size, rng)
     loss_ema = float("nan")
     own_ema = float("nan")  # the answer loss on the user's own examples (not replay): early stopping
     target = getattr(settings, "target_loss", 0.0)
@@ -212,12 +239,7 @@ def train(
         if time.perf_counter() - t0 > settings.time_budget_s:
             stopped, step = "time", step - 1
             break
-        batch = []
-        for _ in range(min(batch_size, len(items))):
-            if not order:
-                order = list(range(len(items)))
-                rng.shuffle(order)
-            batch.append(items[order.pop()])
+        batch = batches.next()
         loss, values = _batch_loss(model, batch, settings)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -193,3 +193,18 @@ def test_a_shared_system_prompt_run_once_gives_the_same_losses_and_gradients(tin
     assert shared == pytest.approx(whole, abs=1e-4)
     assert g_shared.keys() == g_whole.keys()
     assert all(torch.allclose(g_shared[n], g_whole[n], atol=1e-5) for n in g_whole)
+
+
+def test_batches_give_the_users_own_examples_half_the_slots():
+    import random
+
+    from personalization.trainer import _Batches
+
+    items = [{"own": i < 3, "n": i} for i in range(40)]  # 3 corrections among 37 replay lines
+    batches = _Batches(items, 4, random.Random(0))
+    seen = [it for _ in range(6) for it in batches.next()]
+    own = [it["n"] for it in seen if it["own"]]
+    assert len(own) == 12  # 2 of every 4 slots
+    assert sorted(set(own)) == [0, 1, 2] and all(own.count(n) == 4 for n in (0, 1, 2))  # each cycled evenly
+    only_replay = _Batches([{"own": False, "n": i} for i in range(5)], 4, random.Random(0))
+    assert len(only_replay.next()) == 4
