@@ -193,11 +193,11 @@ class AdapterStore:
         return None
 
     def deltas(self, version: str, model: Any) -> dict[str, Any] | None:
-        """The weight deltas (B @ A * alpha / r) of a version, keyed by the base parameter name;
+        """The weight deltas of a version (peft's own ``get_delta_weight``), keyed by the base parameter name;
         None when it was trained on another model (``misfit`` says why)."""
         if self.misfit(version, model) is not None:
             return None
-        return lora_deltas(self.root / version, {n for n, _ in model.named_parameters()})
+        return lora_deltas(self.root / version, model)
 
 
 def training_ledger(data: Any, turns: Any = (), facts: Any = (), parent: tuple[AdapterStore, str] | None = None,
@@ -323,32 +323,31 @@ def _sealed_file(path: Path) -> bool:
         return crypto.is_sealed_blob(fh.read(len(crypto.BLOB_MAGIC)))
 
 
-def lora_deltas(folder: Path, param_names: set[str]) -> dict[str, Any]:
-    from safetensors.torch import load, load_file
+def lora_deltas(folder: Path, model: Any) -> dict[str, Any]:
+    """The weight change of every adapted layer, keyed by the base parameter name, as peft itself
+    computes it (``get_delta_weight``: rank and alpha per module, rsLoRA scaling, fan-in/fan-out).
+    The adapter is loaded into a copy of ``model``; the model itself is left as it was."""
+    import copy
 
     try:
         config = json.loads((folder / CONFIG).read_text())
-        sealed = _sealed_file(folder / WEIGHTS)
-        tensors = load(read_weights(folder)) if sealed else load_file(str(folder / WEIGHTS))
     except (OSError, ValueError) as exc:
         raise AdapterError(f"cannot read the adapter in {folder}: {exc}") from exc
-    rank = int(config.get("r", 8))
-    alpha = float(config.get("lora_alpha", rank))
-    scale = alpha / rank
+    if config.get("use_dora"):
+        raise AdapterError(f"the adapter in {folder} is a DoRA adapter, which cannot be added to the weights as a "
+                           "delta: retrain it without use_dora (`assistant learn`)")
+    names = {n for n, _ in model.named_parameters()}
+    try:
+        peft_model = load_peft(copy.deepcopy(model), folder, trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise AdapterError(f"the adapter in {folder} does not fit this model: {exc}") from exc
     out: dict[str, Any] = {}
-    for key, a in tensors.items():
-        if ".lora_A." not in key:
+    for name, module in peft_model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not hasattr(module, "get_delta_weight") or lora_a is None or "default" not in lora_a:
             continue
-        b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        module = key.split(".lora_A.")[0]
-        for prefix in ("base_model.model.", ""):
-            if module.startswith(prefix):
-                name = module[len(prefix):] + ".weight"
-                if name in param_names:
-                    out[name] = (b.float() @ a.float()) * scale
-                    break
-        else:  # pragma: no cover - guarded by the for/else above
-            pass
-        if module.replace("base_model.model.", "") + ".weight" not in param_names:
-            raise AdapterError(f"the adapter in {folder} does not fit this model ({module})")
+        weight = name.removeprefix("base_model.model.") + ".weight"
+        if weight not in names:
+            raise AdapterError(f"the adapter in {folder} does not fit this model ({name})")
+        out[weight] = module.get_delta_weight("default").detach().float()
     return out

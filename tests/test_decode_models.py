@@ -98,3 +98,31 @@ def test_switching_the_model_with_an_adapter_present_answers_with_a_notice(home,
     reply.collect()
     assert reply.stats.completion_tokens >= 1 and reply.adapter is None
     assert reply.notices and "assistant learn --user cat --pack general" in reply.notices[0]
+
+
+def test_deltas_are_peft_own_merge_with_rslora_and_rank_patterns(tmp_path, tiny_tokenizer):
+    """The weights the engine swaps in equal peft's merge_and_unload, whatever the adapter's
+    scaling: rsLoRA and a rank/alpha pattern per module (hand-made B @ A * alpha / r was wrong)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from assistant.adapters import lora_deltas
+
+    base = make_tiny_model(tiny_tokenizer)
+    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"],
+                        rank_pattern={"q_proj": 2}, alpha_pattern={"v_proj": 3})
+    peft_model = get_peft_model(copy.deepcopy(base), config)
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    peft_model.save_pretrained(str(tmp_path / "v"))
+    merged = dict(peft_model.merge_and_unload().named_parameters())
+    deltas = lora_deltas(tmp_path / "v", base)
+    assert deltas and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in deltas)
+    params = dict(base.named_parameters())
+    for name, delta in deltas.items():
+        assert torch.allclose(params[name].detach().float() + delta, merged[name].detach().float(), atol=1e-5), name
+    assert not any("lora" in n for n, _ in base.named_parameters())  # the model itself is untouched
