@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from assistant import batched
 from assistant.calibration import cached_calibration, calibrate, read_quantized, write_quantized
 from assistant.errors import ContextTooLongError, ModelError, PromptError
 from assistant.generation import (
@@ -382,19 +383,15 @@ class Engine:
     # ----------------------------------------------------------------- scoring
     def score(self, messages: Sequence[dict[str, str]], answer: str) -> tuple[float, int]:
         """Sum of log-probabilities of ``answer`` as the assistant's reply, and its token count."""
-        torch = self._torch
         prompt = self.render(messages)
         full = self.render(list(messages) + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
         if full[: len(prompt)] != prompt:  # template quirk: fall back to plain concatenation
             full = prompt + self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         full = full[: self.context_tokens]
-        with self.lock, torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([full])).logits[0].float()
-        logp = torch.log_softmax(logits[:-1], dim=-1)
-        target = torch.tensor(full[1:])
-        token_lp = logp.gather(1, target[:, None])[:, 0]
-        answer_lp = token_lp[len(prompt) - 1 :]
-        return float(answer_lp.sum()), int(answer_lp.numel())
+        labels = [-100] * len(prompt) + full[len(prompt):]
+        with self.lock:
+            nll, count = batched.token_nll(self.model, [(full, labels)])
+        return -nll, count
 
     def forced_logits(self, prefix: Sequence[int], forced: Sequence[int]) -> Any:
         """The logits the sampler would have seen before each token of ``forced`` after ``prefix``

@@ -229,3 +229,20 @@ def test_engine_serialises_concurrent_generations(tiny_engine):
     for t in threads:
         t.join()
     assert results == [expected] * 4
+
+
+def test_score_is_the_answers_log_probability_after_the_prompt(tiny_engine):
+    """Engine.score (the bench's preference probes, the learning tests) runs the batched scorer
+    the gate uses; it must equal the plain sum of the answer tokens' log-probabilities."""
+    import torch
+
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What goes with basil?"}]
+    answer = "Tomatoes and mozzarella."
+    lp, n = tiny_engine.score(msgs, answer)
+    prompt_ids = tiny_engine.render(msgs)
+    full = tiny_engine.render(msgs + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
+    with torch.inference_mode():
+        logits = tiny_engine.model(input_ids=torch.tensor([full])).logits[0].float()
+    token_lp = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(full[1:])[:, None])[:, 0]
+    assert n == len(full) - len(prompt_ids) > 0
+    assert lp == pytest.approx(float(token_lp[len(prompt_ids) - 1 :].sum()), rel=1e-4, abs=1e-4)

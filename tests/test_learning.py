@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from assistant import batched
 from assistant import settings as settings_mod
 from assistant.adapters import AdapterStore
 from assistant.engine import Engine
@@ -105,7 +106,7 @@ def test_batched_gate_scores_equal_one_row_at_a_time(tiny_tokenizer):
                                            "in one or two sentences, and say so when you do not know."}
     exs = [dataset.Example([system, {"role": "user", "content": q}], f"Answer number {i} " * (i + 1), "eval",
                            expect_any=["answer"]) for i, q in enumerate(asks)]
-    assert gate._shared_prefix([engine.render(e.messages) for e in exs], 10_000) > 16  # the cached-prefix path
+    assert batched.shared_prefix([engine.render(e.messages) for e in exs], 10_000) > 16  # the cached-prefix path
     total, count = 0.0, 0
     with torch.inference_mode():
         for ex in exs:  # the plain way: one unpadded row, the model's own loss
@@ -117,8 +118,8 @@ def test_batched_gate_scores_equal_one_row_at_a_time(tiny_tokenizer):
     texts = ["The quick brown fox jumps over the lazy dog.", "Short one.", "A much longer sentence " * 6]
     one_by_one = [gate.perplexity(model, tiny_tokenizer, [t]) for t in texts]
     assert all(p > 1 for p in one_by_one)
-    batched = gate.perplexity(model, tiny_tokenizer, texts)
-    assert min(one_by_one) - 1e-3 <= batched <= max(one_by_one) + 1e-3
+    all_at_once = gate.perplexity(model, tiny_tokenizer, texts)
+    assert min(one_by_one) - 1e-3 <= all_at_once <= max(one_by_one) + 1e-3
     # greedy answers: a batch of rows of different lengths gives each row its own answer
     alone = [gate.greedy_answers(model, tiny_tokenizer, engine.render, [ex], engine.eos_ids, 8)[0] for ex in exs]
     together = gate.greedy_answers(model, tiny_tokenizer, engine.render, exs, engine.eos_ids, 8)
