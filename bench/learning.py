@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import tempfile
 import time
-from pathlib import Path
 
 NEW_PHRASINGS = ["What is the name of my cat?", "How is my cat named?", "Can you tell me what my cat is called?"]
 PHRASINGS = ["What is my cat's name?", "What's my cat called?", "Do you know what my cat is called?",
@@ -30,19 +28,11 @@ def main() -> None:
     parser.add_argument("--corrections", type=int, default=6)
     parser.add_argument("--pack", default="chef")
     args = parser.parse_args()
-    from assistant import paths
+    from bench.common import scratch_assistant
 
-    models = paths.models_dir()
-    with tempfile.TemporaryDirectory() as scratch:
-        os.environ["ASSISTANT_HOME"] = scratch
-        if models.is_dir():
-            (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
-        from assistant import settings as settings_mod
+    with scratch_assistant() as assistant:
         from assistant.adapters import AdapterStore
-        from assistant.core import Assistant
-        from personalization.learner import Learner
 
-        assistant = Assistant(settings_mod.load(env={}), learner=Learner)
         _ = assistant.engine
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for q in (PHRASINGS * 4)[: args.corrections]:

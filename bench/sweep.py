@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 from bench.learning import NEW_PHRASINGS, PHRASINGS
@@ -35,19 +33,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--pack", default="chef")
     args = parser.parse_args()
-    from assistant import paths
+    from bench.common import scratch_assistant
 
-    models = paths.models_dir()
-    with tempfile.TemporaryDirectory() as scratch:
-        os.environ["ASSISTANT_HOME"] = scratch
-        if models.is_dir():
-            (Path(scratch) / "models").symlink_to(models, target_is_directory=True)
-        from assistant import settings as settings_mod
-        from assistant.core import Assistant
+    with scratch_assistant() as assistant:
         from personalization import dataset, gate, trainer
-        from personalization.learner import Learner
 
-        assistant = Assistant(settings_mod.load(env={}), learner=Learner)
         engine = assistant.engine
         pack = assistant.pack(args.pack)
         system = pack.system_prompt()
