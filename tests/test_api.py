@@ -124,6 +124,7 @@ def test_cli_serve_refuses_remote_host_without_flag(home, capsys):
 
 
 # ------------------------------------------------------------------------------ chat
+@pytest.mark.slow
 def test_openai_client_chat_and_stream(server, keys):
     from openai import OpenAI
 
@@ -156,6 +157,7 @@ def test_openai_client_chat_and_stream(server, keys):
     assert finish in ("stop", "length") and usage.completion_tokens == out.usage.completion_tokens
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_stream_is_sse_and_ends_with_done(server, keys):
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=_h(keys["chat"]),
                       json=_chat_body(stream=True), timeout=30) as r:
@@ -172,6 +174,7 @@ def test_stream_is_sse_and_ends_with_done(server, keys):
     assert server.assistant.journal("me").turn(turn_id).rating == 1
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_multi_turn_history_and_system_message(server, keys):
     body = {
         "model": "general", "max_tokens": 4, "user": "alice",
@@ -191,6 +194,7 @@ def test_multi_turn_history_and_system_message(server, keys):
     assert contents[1:] == ["First question", "First answer", "Second question"]
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_stop_strings_cut_the_answer(server, keys):
     url = f"{server.url}/v1/chat/completions"
     full = httpx.post(url, headers=_h(keys["chat"]), json=_chat_body(max_tokens=16), timeout=30).json()
@@ -203,6 +207,7 @@ def test_stop_strings_cut_the_answer(server, keys):
     assert stop not in got and text.startswith(got) and cut["choices"][0]["finish_reason"] == "stop"
 
 
+@pytest.mark.slow
 def test_concurrent_burst_all_succeed(server, keys):
     def one(i):
         return httpx.post(f"{server.url}/v1/chat/completions", headers=_h(keys["chat"]),
@@ -222,6 +227,7 @@ def _error(r, status):
     return err
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_auth_errors(server, keys):
     url = f"{server.url}/v1/chat/completions"
     _error(httpx.post(url, json=_chat_body()), 401)
@@ -236,6 +242,7 @@ def test_auth_errors(server, keys):
     _error(httpx.post(url, json=_chat_body(), headers=_h(keys["chat"])), 401)
 
 
+@pytest.mark.slow
 def test_request_errors(server, keys):
     url = f"{server.url}/v1/chat/completions"
     h = _h(keys["all"])
@@ -265,6 +272,7 @@ def test_request_errors(server, keys):
 
 
 # ------------------------------------------------------------------------------ memories and feedback
+@pytest.mark.slow
 def test_memories_endpoints(server, keys):
     base, h = f"{server.url}/v1/memories", _h(keys["all"])
     r = httpx.post(base, headers=h, json={"user": "bob", "text": "I am allergic to peanuts.", "kind": "fact"}, timeout=60)
@@ -286,6 +294,7 @@ def test_memories_endpoints(server, keys):
     assert [m["text"] for m in httpx.get(base, headers=h, params={"user": "bob"}).json()["data"]] == ["I like green tea."]
 
 
+@pytest.mark.slow
 def test_chat_uses_memories_only_with_memory_scope(server, keys):
     h = _h(keys["all"])
     httpx.post(f"{server.url}/v1/memories", headers=h, json={"user": "dana", "text": "My dog is called Biscuit."}, timeout=60)
@@ -298,6 +307,7 @@ def test_chat_uses_memories_only_with_memory_scope(server, keys):
     assert server.assistant.journal("dana").turn(r["turn_id"]).memory_ids == []
 
 
+@pytest.mark.slow
 def test_feedback_lands_in_journal(server, keys):
     h = _h(keys["all"])
     out = httpx.post(f"{server.url}/v1/chat/completions", headers=h, json=_chat_body(user="erin"), timeout=180).json()
@@ -319,6 +329,7 @@ def test_feedback_lands_in_journal(server, keys):
     _error(httpx.post(f"{server.url}/v1/feedback", headers=h, json={"completion_id": out["id"], "rating": 1, "user": "frank"}), 404)
 
 
+@pytest.mark.slow
 def test_audit_log_has_no_message_text(server, keys):
     secret = "Zebra4471 is my secret phrase"
     httpx.post(f"{server.url}/v1/chat/completions", headers=_h(keys["chat"]), json=_chat_body(secret), timeout=30)

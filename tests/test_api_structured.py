@@ -47,6 +47,7 @@ def _ask(client, **kw):
     return client.chat.completions.create(**(base | kw))
 
 
+@pytest.mark.slow
 def test_json_schema_and_json_mode(client):
     out = _ask(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}})
     assert out.choices[0].finish_reason == "stop"
@@ -60,6 +61,7 @@ def test_json_schema_and_json_mode(client):
     jsonschema.validate(json.loads(streamed), SCHEMA)
 
 
+@pytest.mark.slow
 def test_tool_call_shape_streamed_and_not(client, srv):
     out = _ask(client, tools=[TOOL], tool_choice="required")
     choice = out.choices[0]
@@ -91,6 +93,7 @@ def test_tool_call_shape_streamed_and_not(client, srv):
     assert '<tool_call>{"name": "lookup"' in turn.prompt[-2]["content"]
 
 
+@pytest.mark.slow
 def test_logprobs_match_usage_and_text(client):
     out = _ask(client, max_tokens=10, logprobs=True, top_logprobs=3)
     lp = out.choices[0].logprobs.content
@@ -106,6 +109,7 @@ def test_logprobs_match_usage_and_text(client):
     assert plain.choices[0].logprobs is None
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_embeddings_models_retrieve_and_completions(client):
     from memory import embedder
 
@@ -130,6 +134,7 @@ def test_embeddings_models_retrieve_and_completions(client):
     assert events[-1].choices[0].finish_reason == "length" and sum(len(c.choices[0].text) for c in events) > 0
 
 
+@pytest.mark.slow
 def test_email_user_and_sources(client, srv):
     h = {"Authorization": f"Bearer {srv.key}"}
     r = httpx.post(f"{srv.url}/v1/memories", headers=h, json={"user": "ann@example.com", "text": "My dog is Rex."},
@@ -152,6 +157,7 @@ def test_email_user_and_sources(client, srv):
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"tools": [{"type": "code_interpreter"}]}, "tools.0"),
 ])
+@pytest.mark.slow  # a real HTTP server
 def test_unsupported_fields_are_400_naming_the_field(srv, extra, param):
     body = {"model": "general", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2} | extra
     r = httpx.post(f"{srv.url}/v1/chat/completions", headers={"Authorization": f"Bearer {srv.key}"}, json=body, timeout=300)
@@ -159,6 +165,7 @@ def test_unsupported_fields_are_400_naming_the_field(srv, extra, param):
     assert r.json()["error"]["param"] == param
 
 
+@pytest.mark.slow
 def test_neutral_values_of_unimplemented_fields_are_accepted(srv):
     body = {"model": "general", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
             "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "parallel_tool_calls": True}

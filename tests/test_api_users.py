@@ -47,6 +47,7 @@ def server(tiny_engine, home):
         yield srv
 
 
+@pytest.mark.slow
 def test_key_matrix_other_user_is_403_and_audited(server):
     keys = {scope: api_keys.create(f"app-{scope.replace(':', '-')}", scope, users=OWN) for scope in api_keys.SCOPES}
     seen = []
@@ -80,6 +81,7 @@ def test_key_matrix_other_user_is_403_and_audited(server):
     assert len(denied) == len(NEEDS) and all(e["user"] == OTHER and e["status"] == 403 for e in denied)
 
 
+@pytest.mark.slow
 def test_a_key_for_one_user_acts_for_it_by_default_and_sets_and_star(server):
     one = api_keys.create("one", "chat,memory:read", users="alice")
     both = api_keys.create("both", "memory:read", users=["alice", "carol@example.com"])
@@ -94,6 +96,7 @@ def test_a_key_for_one_user_acts_for_it_by_default_and_sets_and_star(server):
     assert httpx.get(base, headers={"Authorization": f"Bearer {star}"}, params={"user": "dave"}, timeout=300).status_code == 200
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_a_key_from_before_users_acts_only_for_the_default_user(server):
     key = api_keys.create("old", "memory:read", users="me")
     path = api_keys.keys_file()
@@ -133,6 +136,7 @@ def test_cli_binds_keys_to_users_and_star_needs_confirmation(home, capsys):
     assert "users: alice," in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a real HTTP server
 def test_no_endpoint_creates_or_widens_keys(server):
     key = api_keys.create("k", "chat,memory:read,memory:write,feedback", users="*")
     h = {"Authorization": f"Bearer {key}"}

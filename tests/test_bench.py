@@ -155,6 +155,7 @@ def _cfg(out: Path, **kw) -> BenchConfig:
     return BenchConfig(out=out, max_steps=2, time_budget_s=20, max_new_tokens=8, replay_tokens=4, **kw)
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_and_resume(tmp_path, tiny_engine, monkeypatch, capsys):
     suite = _write(tmp_path, TINY_SUITE)
     out = tmp_path / "out"
@@ -218,6 +219,7 @@ def test_end_to_end_tiny_and_resume(tmp_path, tiny_engine, monkeypatch, capsys):
         bench.run_bench([str(suite)], _cfg(out, seed=1), assistant=a)
 
 
+@pytest.mark.slow
 def test_two_users_cross_leak_and_variant_subset(tmp_path, tiny_engine, monkeypatch):
     data = copy.deepcopy(TINY_SUITE)
     second = copy.deepcopy(data["users"][0])

@@ -52,6 +52,7 @@ def _assistant(engine, **learning):
     return Assistant(settings, engine=engine)
 
 
+@pytest.mark.slow
 def test_chat_correction_starts_a_learning_round_and_says_so(tiny_engine, monkeypatch, capsys):
     tiny_engine.context_tokens = 512
     assistant = _assistant(tiny_engine, enabled=True, min_new_examples=1, idle_seconds=0.5, max_steps=2,

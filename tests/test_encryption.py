@@ -28,6 +28,9 @@ SECRET = "ZEBRA9931"  # a locker code: in turns, a correction, memories, an expo
 SISTER = "Ingeborg"
 
 
+pytestmark = pytest.mark.slow  # processes, servers, the terminal UI or the real embedder at every step
+
+
 def _files_with(root: Path, needle: str) -> list[Path]:
     """Every file under ``root`` holding ``needle`` in its bytes (any case): SQLite free pages,
     WAL, chromadb's HNSW files, everything."""

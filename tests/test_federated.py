@@ -99,6 +99,7 @@ def test_idle_guard_marker_journal_and_budget(home):
     assert "budget" in guard.why_not() and guard.over_budget()
 
 
+@pytest.mark.slow
 def test_training_pauses_within_a_second_when_a_reply_starts(home, tiny_engine, tmp_path):
     """The device trains only while idle: a busy marker stops the steps within a second; training
     resumes when the marker goes, and the user's journal is only read."""
@@ -202,6 +203,7 @@ print("NO SOCKET", rc)
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_device_that_never_joined_opens_no_socket(home):
     """`federate status` and the front ends' start hook, in a fresh interpreter where creating
     any socket ends the process: a device that never ran `join` opens none."""

@@ -22,6 +22,8 @@ from tests.fed_helpers import (
     write_settings,
 )
 
+pytestmark = pytest.mark.slow  # processes, servers, the terminal UI or the real embedder at every step
+
 
 def _federation(tmp_path: Path, tiny_tokenizer, users: list[str]):
     from federated import config as config_mod

@@ -85,6 +85,7 @@ def test_a_schema_the_engine_cannot_compile_is_a_clear_error(tiny_engine):
         grammar.json_schema(tiny_engine, "not a schema")
 
 
+@pytest.mark.slow
 def test_the_python_api_passes_a_constraint_through_chat_send(tiny_engine, home):
     from assistant import settings as settings_mod
     from assistant.core import Assistant

@@ -93,6 +93,7 @@ _STYLES = [
 
 
 @pytest.mark.parametrize("said, asked, expect", _STYLES)
+@pytest.mark.slow
 def test_natural_statements_are_recalled_for_questions_in_other_words(home, said, asked, expect):
     from assistant.settings import MemorySettings
     from memory.store import MemoryStore

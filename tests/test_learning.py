@@ -81,6 +81,7 @@ def _settings(**kw):
     return s
 
 
+@pytest.mark.slow
 def test_training_lowers_the_answer_loss_and_resume_is_a_separate_path(tiny_tokenizer, tmp_path):
     engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
     ex = [dataset.Example([{"role": "user", "content": "cat?"}], "Paris", "correction")]
@@ -126,6 +127,7 @@ def test_batched_gate_scores_equal_one_row_at_a_time(tiny_tokenizer):
     assert together == alone
 
 
+@pytest.mark.slow
 def test_merged_adapter_changes_output_and_removing_it_restores_the_base_exactly(tiny_tokenizer, tmp_path, home):
     import torch
 
@@ -217,6 +219,7 @@ def test_gate_promotes_only_real_improvements_without_regressions():
 
 
 @pytest.mark.parametrize("moment", ["training", "saving"])
+@pytest.mark.slow
 def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_tokenizer, moment):
     """Kill -9 the `assistant learn` process mid-training or mid-save: v0001 stays live and loadable."""
     folder = tmp_path / "tiny"
@@ -264,6 +267,7 @@ def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_token
     assert not any(p.name.startswith(".staging-") for p in store.root.iterdir())
 
 
+@pytest.mark.slow
 def test_background_rounds_wait_for_idle_and_serve_every_user(monkeypatch):
     """Activity from a second user postpones rounds but never drops the first user's."""
     from types import SimpleNamespace

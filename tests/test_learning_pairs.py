@@ -98,6 +98,7 @@ def test_a_stated_style_becomes_pairs_from_journal_replies(home):
         (long.id, "s1", "Rinse it. Add water.", "Rinse it. Add water. Simmer for 12 minutes. Rest it for 5.")]
 
 
+@pytest.mark.slow
 def test_dpo_loss_and_training_on_pairs_prefer_the_chosen_answer(tiny_tokenizer):
     import torch
 

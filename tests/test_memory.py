@@ -8,6 +8,8 @@ from assistant.settings import MemorySettings
 from memory.extract import extract
 from memory.store import MemoryStore
 
+pytestmark = pytest.mark.slow  # processes, servers, the terminal UI or the real embedder at every step
+
 
 @pytest.fixture
 def store(home):

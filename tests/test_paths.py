@@ -68,6 +68,7 @@ def _commands(name: str, outside: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow
 def test_no_command_writes_or_deletes_outside_the_data_dir(deep_home, tmp_path, capsys, monkeypatch):
     from assistant import engine
 
@@ -144,6 +145,7 @@ BAD_MANIFEST_TAILS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MANIFEST_TAILS))
+@pytest.mark.slow
 def test_bad_manifests_get_problems_not_tracebacks_or_hangs(tmp_path, case):
     root = _pack(tmp_path)
     text = (root / "pack.toml").read_text()

@@ -24,6 +24,9 @@ SECRET = "FORGETMEPIN4412"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+pytestmark = pytest.mark.slow  # processes, servers, the terminal UI or the real embedder at every step
+
+
 def _files_with(root: Path, needle: bytes) -> list[Path]:
     """Every file under ``root`` whose bytes hold ``needle`` (SQLite free pages, WAL, HNSW files too)."""
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]

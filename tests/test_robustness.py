@@ -59,6 +59,7 @@ def test_settings_name_the_range(home):
 
 
 # ---------------------------------------------------------------- bytes that are not UTF-8
+@pytest.mark.slow
 def test_memory_add_with_invalid_utf8_is_replaced_not_fatal(home, capsys):
     raw = b"I like caf\xe9 au lait \xff\xfe."
     text = raw.decode("utf-8", "surrogateescape")  # how Python hands such argv bytes over
@@ -68,6 +69,7 @@ def test_memory_add_with_invalid_utf8_is_replaced_not_fatal(home, capsys):
     assert "I like caf\ufffd au lait \ufffd\ufffd." in out
 
 
+@pytest.mark.slow
 def test_binary_bytes_on_stdin_for_ask_do_not_crash(home):
     env = dict(os.environ, ASSISTANT_MEMORY_ENABLED="false", ASSISTANT_MODEL_NAME=str(home / "no-model"))
     proc = subprocess.run([sys.executable, "-m", "cli", "ask", "-q", "-"], input=b"\xff\xfe\x00bad \xc3(",
@@ -84,6 +86,7 @@ def test_tokenizer_takes_whatever_clean_text_returns(tiny_tokenizer):
 # ---------------------------------------------------------------- fuzz (bounded in time)
 @hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=200))
+@pytest.mark.slow
 def test_fuzz_clean_text_always_encodes(text):
     out = clean_text(text)
     out.encode("utf-8")
@@ -108,6 +111,7 @@ _FLAGS = ["--temperature", "--top-p", "--max-tokens", "--seed"]
 
 @hsettings(max_examples=80, deadline=None)
 @given(flag=st.sampled_from(_FLAGS), value=st.text(max_size=12))
+@pytest.mark.slow
 def test_fuzz_option_values_parse_or_exit_cleanly(flag, value):
     parser = build_parser()
     try:
@@ -137,6 +141,7 @@ def test_fuzz_journal_takes_any_message(home, message, reply):
 
 # ---------------------------------------------------------------- damaged stores
 @pytest.mark.parametrize("damage", ["truncate", "delete", "garbage"])
+@pytest.mark.slow
 def test_damaged_vector_index_is_rebuilt_with_a_notice(home, damage, capsys):
     from memory.store import MemoryStore
 
@@ -196,6 +201,7 @@ def test_garbage_journal_is_replaced_not_fatal(home):
 
 # ---------------------------------------------------------------- children die with their parent
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.slow
 def test_rebuild_child_dies_with_its_parent(tmp_path):
     """The parent starts the store's rebuild child and is killed; the child must not live on."""
     from memory.chroma import CHILD_CODE

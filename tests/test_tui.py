@@ -13,7 +13,7 @@ from assistant.generation import Generation, GenStats  # noqa: E402
 from assistant.settings import Settings  # noqa: E402
 
 SIZE = (100, 30)
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # the app with its model loading, learning and memory threads: seconds a test
 
 
 @pytest.fixture

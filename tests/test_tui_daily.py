@@ -41,6 +41,7 @@ class CutEngine(FakeEngine):
         return Generation(run(), stats)
 
 
+@pytest.mark.slow
 async def test_a_cut_answer_is_marked_and_continue_continues_it():
     from tui.app import CONTINUE_PROMPT
     from tui.widgets import AssistantMessage
@@ -65,6 +66,7 @@ async def test_a_cut_answer_is_marked_and_continue_continues_it():
         assert len(app.chat.journal.turns()) == 2
 
 
+@pytest.mark.slow
 async def test_prompt_commands_rate_correct_and_continue():
     app = make(CutEngine(["Two plus two is five."], limit=10))
     async with app.run_test(size=SIZE) as pilot:
@@ -112,6 +114,7 @@ async def test_memories_panel_lists_notes_with_citation_and_memories_with_text()
         assert "[m1]" not in panel  # internal prompt ids stay internal
 
 
+@pytest.mark.slow
 async def test_learning_panel_names_the_thresholds_of_a_rejection():
     import time
 
@@ -132,6 +135,7 @@ async def test_learning_panel_names_the_thresholds_of_a_rejection():
         assert "may rise at most 5%" in verdict  # the guard set's tolerance
 
 
+@pytest.mark.slow
 async def test_first_start_shows_steps_and_estimates(monkeypatch):
     import threading
 
@@ -198,6 +202,7 @@ async def test_screenshot_key_saves_under_the_data_dir(home):
     assert path.startswith(str(home / "screenshots")) and "Shot." in open(path, encoding="utf-8").read()
 
 
+@pytest.mark.slow
 async def test_restart_remembers_the_last_pack(home):
     app = make(user="ann", pack="general", onboarding=None)
     async with app.run_test(size=SIZE) as pilot:
@@ -224,6 +229,7 @@ def test_keys_avoid_multiplexers_and_clashes_are_warned():
     assert multiplexer_keys({}) == {}
 
 
+@pytest.mark.slow
 async def test_ctrl_c_stops_a_streaming_answer():
     long = " ".join(f"word{i}" for i in range(400))
     app = make(FakeEngine([long], delay=0.01))
