@@ -20,7 +20,7 @@ from assistant import safety
 from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
 from assistant.engine import Engine
 from assistant.errors import AssistantError, PromptError
-from assistant.generation import CancelToken, GenParams, GenStats, KVSession
+from assistant.generation import CancelToken, GenParams, GenStats, KVSession, Streamed
 from assistant.settings import Settings
 from assistant.text import clean_text
 
@@ -177,7 +177,7 @@ class Assistant:
 
 
 @dataclass
-class Reply:
+class Reply(Streamed):
     """Iterate for the streamed text; afterwards ``text`` is what the user saw."""
 
     chunks: Iterator[str]
@@ -206,15 +206,6 @@ class Reply:
                 out.append({"id": m.memory_id, "kind": m.kind, "text": m.text})
         return out
 
-    def __iter__(self) -> Iterator[str]:
-        for chunk in self.chunks:
-            self.text += chunk
-            yield chunk
-
-    def collect(self) -> str:
-        for _ in self:
-            pass
-        return self.text
 
 
 class Chat:

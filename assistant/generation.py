@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from assistant.errors import ModelError
+from assistant.settings import GenerationSettings
 
 FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -42,14 +43,12 @@ def template_for(tokenizer: Any, name: str = "the model") -> str:
 
 
 @dataclass
-class GenParams:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    seed: int | None = None
+class GenParams(GenerationSettings):
+    """One generation's parameters: the generation settings (same fields, same defaults; a
+    repetition penalty above 1 discourages repeating recent tokens, which the small default model
+    does without it) plus what only a call sets."""
+
     stop: Sequence[str] = ()
-    # >1 discourages repeating recent tokens (the small default model loops without it).
-    repetition_penalty: float = 1.0
     penalty_window: int = 64
 
     def __post_init__(self) -> None:  # out-of-range values fail here, with the valid range
@@ -101,16 +100,14 @@ class KVSession:
         self.adapter = None
 
 
-class Generation:
-    """Iterate for text chunks; afterwards ``text`` and ``stats`` hold the result."""
+class Streamed:
+    """Text that streams: iterating yields ``chunks`` and collects them into ``text``."""
 
-    def __init__(self, chunks: Iterator[str], stats: GenStats) -> None:
-        self._chunks = chunks
-        self.stats = stats
-        self.text = ""
+    chunks: Iterator[str]
+    text: str
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self._chunks:
+        for chunk in self.chunks:
             self.text += chunk
             yield chunk
 
@@ -118,3 +115,13 @@ class Generation:
         for _ in self:
             pass
         return self.text
+
+
+class Generation(Streamed):
+    """Iterate for text chunks; afterwards ``text`` and ``stats`` hold the result."""
+
+    def __init__(self, chunks: Iterator[str], stats: GenStats) -> None:
+        self.chunks = chunks
+        self.stats = stats
+        self.text = ""
+
