@@ -257,9 +257,7 @@ async def _stream(c: Ctx, request: Request, req: ChatRequest):
                               **extra})
 
     async def events() -> AsyncIterator[str]:
-        item = first
-        while True:
-            kind, value = item
+        async for kind, value in streaming.events_of(first, rest):
             if kind == "delta":
                 yield chunk(value[0], lp=value[1])
             elif kind == "done":
@@ -276,13 +274,7 @@ async def _stream(c: Ctx, request: Request, req: ChatRequest):
                     yield streaming.sse({"id": stream_id, "object": "chat.completion.chunk", "created": created,
                                          "model": req.model, "choices": [],
                                          "usage": usage(reply.stats, _answer_tokens(c, s, message))})
-                return
             else:  # an error after the stream started: reported in-band
                 yield streaming.error_event(value)
-                return
-            try:
-                item = await rest.__anext__()
-            except StopAsyncIteration:
-                return
 
     return streaming.response(events(), cancel)

@@ -184,25 +184,17 @@ async def _stream_completion(c: Ctx, req: CompletionRequest, begin: Any, body: A
     template = body({})
 
     async def events():
-        item = first
-        while True:
-            if item[0] == "text":
-                yield streaming.sse(item[1])
-            elif item[0] == "done":
-                gen = item[1]
-                yield streaming.sse(body({"text": "", "finish_reason": finish_reason(gen.stats.finish_reason)}))
+        async for kind, value in streaming.events_of(first, rest):
+            if kind == "text":
+                yield streaming.sse(value)
+            elif kind == "done":
+                yield streaming.sse(body({"text": "", "finish_reason": finish_reason(value.stats.finish_reason)}))
                 if include_usage:
                     yield streaming.sse({"id": template["id"], "object": "text_completion",
                                          "created": template["created"], "model": req.model, "choices": [],
-                                         "usage": usage(gen.stats)})
-                return
-            else:
-                yield streaming.error_event(item[1])
-                return
-            try:
-                item = await rest.__anext__()
-            except StopAsyncIteration:
-                return
+                                         "usage": usage(value.stats)})
+            else:  # an error after the stream started: reported in-band
+                yield streaming.error_event(value)
 
     return streaming.response(events(), cancel)
 

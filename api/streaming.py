@@ -58,6 +58,19 @@ async def start(ctx: Any, produce: Callable[[Any], Iterator[tuple[str, Any]]]) -
     return first, rest(), cancel
 
 
+async def events_of(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``first`` then the rest of a stream's events, ending after its "done" or "error" event."""
+    item = first
+    while True:
+        yield item
+        if item[0] in ("done", "error"):
+            return
+        try:
+            item = await rest.__anext__()
+        except StopAsyncIteration:
+            return
+
+
 def response(events: AsyncIterator[str], cancel: Any) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
