@@ -36,6 +36,17 @@ def _str_list(value: Any, where: str, fp: str) -> None:
         _fail(where, fp, "must be a non-empty list of non-empty strings")
 
 
+def _check_fields(where: str, fp: str, obj: dict[str, Any], known: set[str], required: Sequence[str] = (),
+                  optional_text: Sequence[str] = ()) -> None:
+    """No unknown field; each required one (and each optional text one that is there) a non-empty string."""
+    for key in obj:
+        if key not in known:
+            _fail(where, f"{fp}.{key}", f"unknown field (known: {', '.join(sorted(known))})")
+    for key in (*required, *(k for k in optional_text if k in obj)):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            _fail(where, f"{fp}.{key}", "missing" if key not in obj else "must be a non-empty string")
+
+
 def validate(data: Any, where: str) -> None:
     """Raise ``BenchError("<where>: <field>: <what is wrong>")`` at the first fault."""
     if not isinstance(data, dict):
@@ -67,12 +78,7 @@ def validate(data: Any, where: str) -> None:
                 tp = f"{up}.sessions[{s}][{t}]"
                 if not isinstance(turn, dict):
                     _fail(where, tp, "must be an object with at least 'user'")
-                for key in turn:
-                    if key not in _TURN_KEYS:
-                        _fail(where, f"{tp}.{key}", f"unknown field (known: {', '.join(sorted(_TURN_KEYS))})")
-                for key in ("user", "assistant", "correction"):
-                    if (key == "user" or key in turn) and (not isinstance(turn.get(key), str) or not turn[key].strip()):
-                        _fail(where, f"{tp}.{key}", "missing" if key not in turn else "must be a non-empty string")
+                _check_fields(where, tp, turn, _TURN_KEYS, required=("user",), optional_text=("assistant", "correction"))
                 if "rating" in turn and (isinstance(turn["rating"], bool) or turn["rating"] not in (1, -1)):
                     _fail(where, f"{tp}.rating", f"must be 1 or -1, not {turn['rating']!r}")
         probes = user.get("probes")
@@ -82,12 +88,7 @@ def validate(data: Any, where: str) -> None:
             pp = f"{up}.probes[{p}]"
             if not isinstance(probe, dict):
                 _fail(where, pp, "must be an object with id, kind and ask")
-            for key in probe:
-                if key not in _PROBE_KEYS:
-                    _fail(where, f"{pp}.{key}", f"unknown field (known: {', '.join(sorted(_PROBE_KEYS))})")
-            for key in ("id", "kind", "ask"):
-                if not isinstance(probe.get(key), str) or not probe[key].strip():
-                    _fail(where, f"{pp}.{key}", "missing" if key not in probe else "must be a non-empty string")
+            _check_fields(where, pp, probe, _PROBE_KEYS, required=("id", "kind", "ask"))
             if probe["kind"] not in KINDS:
                 _fail(where, f"{pp}.kind", f"unknown kind {probe['kind']!r} (known: {', '.join(KINDS)})")
             for key in ("expect_any", "expect_all", "forbid"):
