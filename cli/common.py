@@ -103,3 +103,9 @@ def add_common(p: argparse.ArgumentParser, gen: bool = False) -> None:
         p.add_argument("--max-tokens", type=ranged(int, "max_new_tokens"), dest="max_tokens", help="1 to 8192")
         p.add_argument("--no-memory", action="store_true", help="answer without recalling or storing memories")
         p.add_argument("--no-adapter", action="store_true", help="use the base model without this user's adapter")
+
+
+def command_group(sub: Any, name: str, help: str, dest: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A command with actions (`assistant memory list`): its parser and its required ACTION subparsers."""
+    parser = sub.add_parser(name, help=help)
+    return parser, parser.add_subparsers(dest=dest, metavar="ACTION", required=True)

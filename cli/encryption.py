@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from assistant.errors import EncryptionError
+from cli.common import command_group
 
 NEW_ENV = "ASSISTANT_NEW_PASSPHRASE"  # `encryption passphrase`: the new one, when not typed
 
@@ -75,8 +76,7 @@ def cmd_encryption(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("encryption", help="encrypt the data directory at rest (opt-in), or see its state")
-    esub = p.add_subparsers(dest="enc_cmd", metavar="ACTION", required=True)
+    p, esub = command_group(sub, "encryption", "encrypt the data directory at rest (opt-in), or see its state", "enc_cmd")
     e = esub.add_parser("on", help="encrypt journals, memories and adapters (passphrase from ASSISTANT_PASSPHRASE or typed)")
     e.add_argument("--keyring", action="store_true", help="also keep the passphrase in the OS keyring")
     e = esub.add_parser("off", help="decrypt everything and remove encryption.json")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.errors import AssistantError
+from cli.common import command_group
 
 
 def _home() -> Path:
@@ -147,8 +148,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("federate", help="federated learning of pack adapters with Flower (opt-in)")
-    fsub = p.add_subparsers(dest="federate_cmd", metavar="ACTION", required=True)
+    p, fsub = command_group(sub, "federate", "federated learning of pack adapters with Flower (opt-in)", "federate_cmd")
     j = fsub.add_parser("join", help="opt in and run this device's SuperNode (trains only when idle)")
     j.add_argument("address", help="the server's SuperLink, HOST:PORT")
     j.add_argument("--pack", help="the pack to federate (default: federated/config.toml's pack)")

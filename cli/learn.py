@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from assistant.errors import AssistantError
-from cli.common import count_arg
+from cli.common import command_group, count_arg
 
 
 def _assistant(args: argparse.Namespace):
@@ -123,8 +123,7 @@ def register(sub: Any) -> None:
 
     _register_pack_train(sub)
 
-    p = sub.add_parser("adapters", help="list, show, roll back and prune a user's adapter versions")
-    asub = p.add_subparsers(dest="adapters_cmd", metavar="ACTION", required=True)
+    p, asub = command_group(sub, "adapters", "list, show, roll back and prune a user's adapter versions", "adapters_cmd")
     asub.add_parser("list", help="versions, the live one starred")
     a = asub.add_parser("show", help="what the gate measured for a version (default: the live one)")
     a.add_argument("version", nargs="?")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.errors import AssistantError
-from cli.common import command_name, count_arg, settings_from
+from cli.common import command_group, command_name, count_arg, settings_from
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -148,8 +148,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("memory", help="see, search, add, edit, forget, export and import memories")
-    msub = p.add_subparsers(dest="memory_cmd", metavar="ACTION", required=True)
+    p, msub = command_group(sub, "memory", "see, search, add, edit, forget, export and import memories", "memory_cmd")
     m = msub.add_parser("list", help="list memories")
     m.add_argument("--kind", action="append", choices=["fact", "preference", "episode"])
     m.add_argument("--all", action="store_true", help="include superseded memories")
@@ -176,16 +175,14 @@ def register(sub: Any) -> None:
         m.add_argument("--user")
     p.set_defaults(func=cmd_memory)
 
-    p = sub.add_parser("user", help="manage users")
-    usub = p.add_subparsers(dest="user_cmd", metavar="ACTION", required=True)
+    p, usub = command_group(sub, "user", "manage users", "user_cmd")
     u = usub.add_parser("delete", help="remove every trace of a user")
     u.add_argument("name")
     u.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_user)
     _register_user_list(usub)
 
-    p = sub.add_parser("pack", help="list, validate, scaffold and install domain packs")
-    psub = p.add_subparsers(dest="pack_cmd", metavar="ACTION", required=True)
+    p, psub = command_group(sub, "pack", "list, validate, scaffold and install domain packs", "pack_cmd")
     psub.add_parser("list", help="list available packs (and broken ones)")
     q = psub.add_parser("validate", help="check a pack folder; exits non-zero on problems")
     q.add_argument("path")
