@@ -26,8 +26,10 @@ _ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 _TOP_KEYS = {
     "schema_version": int, "id": str, "name": str, "version": str, "description": str,
     "persona": str, "disclaimer": str, "notice": str, "safety_rules": list,
-    "starter_questions": list, "generation": dict, "extraction": dict, "red_flags": list,
+    "starter_questions": list, "generation": dict, "extraction": dict, "red_flags": list, "checks": list,
 }
+# Answer checks a pack opts into (`checks = ["allergens"]`); their code is in assistant/safety.py.
+CHECKS = {"allergens": "warn when an answer mentions a food or drug the user said they are allergic to"}
 _REQUIRED = ("schema_version", "id", "name", "version", "description", "persona")
 _GENERATION_KEYS: dict[str, type | tuple[type, ...]] = {"temperature": (int, float), "top_p": (int, float),
                                                         "max_new_tokens": int}
@@ -68,6 +70,7 @@ class Pack:
     generation: dict[str, Any] = field(default_factory=dict)
     extraction_hints: list[str] = field(default_factory=list)
     red_flags: list[RedFlag] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # answer checks it opts into (CHECKS)
 
     def system_prompt(self) -> str:
         text = self.persona.strip()
@@ -170,6 +173,10 @@ def _check_manifest(manifest: Path, text: str, data: dict[str, Any], probe: bool
             out.append(Problem(f, _line_of(text, key), key, f"unknown key{hint}"))
         elif not isinstance(value, _TOP_KEYS[key]):
             out.append(Problem(f, _line_of(text, key), key, f"must be a {_TOP_KEYS[key].__name__}"))
+    for name in data.get("checks", []) if isinstance(data.get("checks"), list) else []:
+        if name not in CHECKS:
+            known = "; ".join(f"{k}: {v}" for k, v in CHECKS.items())
+            out.append(Problem(f, _line_of(text, "checks"), "checks", f"unknown check {name!r} (known: {known})"))
     for key in _REQUIRED:
         if key not in data:
             out.append(Problem(f, None, key, "missing required field"))
@@ -343,7 +350,7 @@ def load(root: Path, source: str = "built-in") -> Pack:
         disclaimer=data.get("disclaimer", ""), notice=data.get("notice", ""),
         safety_rules=list(data.get("safety_rules", [])), starter_questions=list(data.get("starter_questions", [])),
         generation=dict(data.get("generation", {})), extraction_hints=list(data.get("extraction", {}).get("hints", [])),
-        red_flags=_red_flags(data),
+        red_flags=_red_flags(data), checks=list(data.get("checks", [])),
     )
 
 

@@ -3,7 +3,8 @@
 Before: a pack's red flags are matched on the user's message. A "replace" flag (an emergency)
 answers with its guidance and the model is not asked at all; a "prepend" flag puts its guidance
 first. After: a red flag matched in the model's own answer adds its guidance, the pack's notice
-is appended, and food the user said they are allergic to (from memory) is called out.
+is appended, and, in packs that opt into the `allergens` check, food the user said they are
+allergic to (from memory) is called out.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def after(pack: Pack, answer: str, user_facts: Iterable[str] = (), already: Iter
     for flag in pack.red_flags:
         if flag.id not in done and flag.matches(answer):
             extra.append(flag.message)
-    allergens = [a for a in declared_allergens(user_facts) if _mentions(answer, a)]
+    facts = user_facts if "allergens" in pack.checks else ()  # a check the pack opts into (pack.toml `checks`)
+    allergens = [a for a in declared_allergens(facts) if _mentions(answer, a)]
     if allergens:
         extra.append(
             "Allergy warning: this answer mentions " + ", ".join(allergens)

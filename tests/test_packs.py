@@ -117,3 +117,19 @@ def test_a_pip_installed_pack_is_found_through_its_entry_point(tmp_path, home, m
     catalog = packs.discover()
     assert catalog.get("gardener").source.startswith("pip:")
     assert catalog.get("gardener").root == pack_root
+
+
+def test_the_allergen_check_runs_only_in_packs_that_declare_it(tmp_path):
+    """A pack rule lives in the pack: chef declares `checks = ["allergens"]`, general does not, and
+    an unknown check name is a validation problem that names the known ones."""
+
+    catalog = packs.discover()
+    facts = ["I am allergic to peanuts."]
+    answer = "Try a satay sauce with peanuts and lime."
+    assert "Allergy warning" in safety.after(catalog.get("chef"), answer, facts)
+    assert "Allergy warning" not in safety.after(catalog.get("general"), answer, facts)
+    root = copy_pack("general", tmp_path)
+    manifest = root / "pack.toml"
+    manifest.write_text(manifest.read_text().replace("\n[", '\nchecks = ["allergies"]\n\n[', 1))
+    problems = [str(p) for p in packs.validate(root)]
+    assert any("unknown check 'allergies'" in p and "allergens" in p for p in problems), problems
