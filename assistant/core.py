@@ -21,6 +21,7 @@ from assistant.answering import GroundedStream, Plan, plan_answer, store_recall
 from assistant.engine import Engine
 from assistant.errors import AssistantError, PromptError
 from assistant.generation import CancelToken, GenParams, GenStats, KVSession, Streamed
+from assistant.journal import Turn, new_turn_id
 from assistant.settings import Settings
 from assistant.text import clean_text
 
@@ -259,14 +260,26 @@ class Chat:
         elif store is not None and check.replace is None:
             plan.recalled = store_recall(self, text, store)
         sent = prompt_mod.user_block(text, plan.recalled, plan.style)
-        reply = Reply(iter(()), memories=plan.used or plan.recalled, flags=check.flags)
-        reply.chunks = self._stream(reply, text, sent, check, store, cancel, scripted_reply, overrides, plan)
+        reply = Reply(iter(()), memories=plan.used or plan.recalled, flags=check.flags, turn_id=new_turn_id())
+        reply.chunks = self._turn(reply, text, sent, check, store, cancel, scripted_reply, overrides, plan)
         return reply
 
-    def _stream(self, reply: Reply, text: str, sent: str, check: safety.Check, store: Any,
-                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any], plan: "Plan") -> Iterator[str]:
-        from assistant.journal import Turn, new_turn_id
+    def _turn(self, reply: Reply, text: str, sent: str, check: safety.Check, store: Any,
+              cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any], plan: "Plan") -> Iterator[str]:
+        """The reply's stream; the turn is journalled, remembered and announced when it ends, also
+        when the caller stops reading early (then the turn is what the caller was given)."""
+        draft: dict[str, Any] = {}
+        try:
+            yield from self._stream(reply, draft, text, sent, check, store, cancel, scripted, overrides, plan)
+        except GeneratorExit:
+            reply.stats.finish_reason = "cancelled"
+            self._record(reply, {"messages": draft.get("messages", []), "model_text": reply.text, "full": reply.text},
+                         text, sent, store)
+            raise
+        self._record(reply, draft, text, sent, store)
 
+    def _stream(self, reply: Reply, draft: dict[str, Any], text: str, sent: str, check: safety.Check, store: Any,
+                cancel: CancelToken | None, scripted: str | None, overrides: dict[str, Any], plan: "Plan") -> Iterator[str]:
         engine = self.assistant.engine
         params = self.assistant.params(self.pack, **overrides)
         messages: list[dict[str, str]] = []
@@ -293,7 +306,7 @@ class Chat:
             built = prompt_mod.build(engine, self.pack.system_prompt(), self.history[-self._max_turns():], sent,
                                      params.max_new_tokens)
             messages = built.messages
-            reply.prompt = messages
+            reply.prompt = draft["messages"] = messages
             if check.prefix:
                 yield check.prefix
             ids = built.ids
@@ -323,15 +336,19 @@ class Chat:
         if tail:
             yield tail
         full = (check.prefix if check.replace is None and scripted is None and plan.answer is None else "") + model_text + tail
+        draft.update(messages=messages, model_text=model_text, full=full)
+
+    def _record(self, reply: Reply, draft: dict[str, Any], text: str, sent: str, store: Any) -> None:
+        """The turn's bookkeeping: journal, history, memory extraction, the learner's notice."""
         turn = Turn(
-            id=new_turn_id(), conversation_id=self.conversation_id, pack=self.pack.id, created=time.time(),
-            message=text, prompt=messages or [{"role": "user", "content": sent}], reply=full,
+            id=reply.turn_id or "", conversation_id=self.conversation_id, pack=self.pack.id, created=time.time(),
+            message=text, prompt=draft["messages"] or [{"role": "user", "content": sent}], reply=draft["full"],
             memory_ids=[m.memory_id for m in reply.memories], adapter=reply.adapter, source=self.source,
             finish_reason=reply.stats.finish_reason,
         )
         self.journal.record(turn)
-        reply.turn_id = self.last_turn_id = turn.id
-        self.history.append((sent, model_text))
+        self.last_turn_id = turn.id
+        self.history.append((sent, draft["model_text"]))
         if store is not None:
             store.learn_from_message(text, pack=self.pack.id, turn_id=turn.id, hints=self.pack.extraction_hints)
             # Every user turn is kept in their words (recalled for questions about them, and for

@@ -107,9 +107,14 @@ class Streamed:
     text: str
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self.chunks:
-            self.text += chunk
-            yield chunk
+        try:
+            for chunk in self.chunks:
+                self.text += chunk
+                yield chunk
+        finally:  # a reader that stops early closes the source too (it finishes its turn, frees the engine)
+            close = getattr(self.chunks, "close", None)
+            if close is not None:
+                close()
 
     def collect(self) -> str:
         for _ in self:
