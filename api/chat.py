@@ -10,9 +10,8 @@
   ``refusal``.
 * Chat recalls (and learns) memories only for keys that hold ``memory:read``; the reply then
   carries ``sources`` (memory ids, kinds, citations) and ``memories`` (the recalled texts).
-* Completion ids are ``chatcmpl-<turn id>``. A streamed answer's turn id is known only at its end,
-  so a stream has its own id; its last chunk carries ``turn_id``, and ``/v1/feedback`` accepts
-  the stream id (while the server runs), ``chatcmpl-<turn id>`` or the bare turn id.
+* Completion ids are ``chatcmpl-<turn id>``, streamed or not (the turn id is made before the first
+  token); the last chunk also carries ``turn_id``, and ``/v1/feedback`` accepts either form.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-import uuid
 from typing import Any, AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends, Request
@@ -237,14 +235,18 @@ async def _stream(c: Ctx, request: Request, req: ChatRequest):
     def produce(cancel: Any) -> Iterator[tuple[str, Any]]:
         s = start_chat(c, request, req)
         reply = s.chat.send(s.message, cancel=cancel, constraint=s.constraint, **s.overrides)
+        started = False
         for event in _events(s, reply, bool(req.logprobs)):
+            if not started:  # after the prompt was built: an error until then still gets its HTTP status
+                started = True
+                yield ("started", reply.turn_id)  # the completion's id is its turn's, known before any text
             if event[0] == "done":
                 yield ("done", (s,) + event[1])
             else:
                 yield event
 
     first, rest, cancel = await streaming.start(c, produce)
-    stream_id = "chatcmpl-" + uuid.uuid4().hex[:16]
+    stream_id = f"chatcmpl-{first[1]}"  # /v1/feedback takes it like a non-streamed completion's id
     created = int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     memory_scope = "memory:read" in scopes(request)
@@ -258,11 +260,12 @@ async def _stream(c: Ctx, request: Request, req: ChatRequest):
 
     async def events() -> AsyncIterator[str]:
         async for kind, value in streaming.events_of(first, rest):
+            if kind == "started":
+                continue
             if kind == "delta":
                 yield chunk(value[0], lp=value[1])
             elif kind == "done":
                 s, reply, finish, message = value
-                c.remember_stream(stream_id, s.user, reply.turn_id)
                 extra: dict[str, Any] = {"turn_id": reply.turn_id}
                 if message.get("safety_notice"):
                     extra["safety_notice"] = message["safety_notice"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +29,6 @@ class Worker:
 class Ctx:
     assistant: Any
     worker: Worker = field(default_factory=Worker)
-    stream_ids: "OrderedDict[str, tuple[str, str]]" = field(default_factory=OrderedDict)  # stream id -> (user, turn)
-    ids_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def settings(self) -> Any:
@@ -55,11 +51,6 @@ class Ctx:
             raise ApiError(409, "memory is switched off in the settings (memory.enabled)", code="memory_disabled")
         return store
 
-    def remember_stream(self, stream_id: str, user: str, turn_id: str) -> None:
-        with self.ids_lock:
-            self.stream_ids[stream_id] = (user, turn_id)
-            while len(self.stream_ids) > 10000:
-                self.stream_ids.popitem(last=False)
 
 
 def ctx(request: Request) -> Ctx:

@@ -257,13 +257,8 @@ async def feedback(request: Request, c: Ctx = Depends(ctx)):
     if req.correction is not None and not req.correction.strip():
         raise ApiError(400, "the correction is empty", param="correction")
     cid = req.completion_id.strip()
-    with c.ids_lock:
-        aliased = c.stream_ids.get(cid)
-    if aliased is not None and req.user is None:
-        uname, turn_id = c.user(request, aliased[0]), aliased[1]
-    else:
-        uname = c.user(request, req.user)
-        turn_id = aliased[1] if aliased is not None else (cid[len("chatcmpl-"):] if cid.startswith("chatcmpl-") else cid)
+    uname = c.user(request, req.user)
+    turn_id = cid[len("chatcmpl-"):] if cid.startswith("chatcmpl-") else cid
 
     def run() -> dict[str, Any]:
         journal = c.assistant.journal(uname)
