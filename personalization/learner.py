@@ -10,6 +10,7 @@ step; training uses its own copy of the weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import threading
@@ -152,13 +153,11 @@ class Learner:
             # Every 5th example is held out for the gate, at most 16 (scoring generates answers).
             (data.heldout if i % 5 == 0 and len(data.heldout) < 16 else data.train).append(ex)
         current = store.current()
-        saved = (self.settings.max_steps, self.settings.time_budget_s)
-        self.settings.max_steps = steps or min(400, 2 * len(data.train))
-        self.settings.time_budget_s = max(self.settings.time_budget_s, time_budget_s)
-        try:
-            return self._round("_pack", pack, store, data, (store, current) if current else None, t0, on_progress, None)
-        finally:
-            self.settings.max_steps, self.settings.time_budget_s = saved
+        # this round's own budget: the shared settings (read by other threads) stay as they are
+        budget = dataclasses.replace(self.settings, max_steps=steps or min(400, 2 * len(data.train)),
+                                     time_budget_s=max(self.settings.time_budget_s, time_budget_s))
+        return self._round("_pack", pack, store, data, (store, current) if current else None, t0, on_progress, None,
+                           budget)
 
     @staticmethod
     def _screen(data: Any, pack: Any, mem: Any) -> list[str]:
@@ -179,7 +178,8 @@ class Learner:
 
     def _round(self, user: str, pack: Any, store: AdapterStore, data: Any, source: Any, t0: float,
                on_progress: Callable[[trainer_mod.Progress], None] | None, should_stop: Callable[[], bool] | None,
-               ) -> RoundResult:
+               settings: Any = None) -> RoundResult:
+        settings = settings or self.settings  # the round's budget (train_pack passes its own)
         pack_id = pack.id
         live = store.current()
         started = time.time()
@@ -196,10 +196,10 @@ class Learner:
             return result
         engine = self.assistant.engine
         base = copy.deepcopy(self._base_model(engine))
-        model = trainer_mod.resume(base, source[0].path(source[1])) if source else trainer_mod.create(base, self.settings)
+        model = trainer_mod.resume(base, source[0].path(source[1])) if source else trainer_mod.create(base, settings)
         examples = data.train + getattr(data, "pairs", []) + data.replay
         key = (user, pack_id)
-        budget = float(self.settings.time_budget_s)
+        budget = float(settings.time_budget_s)
         self._running[key] = {"phase": "training", "examples": len(examples), "budget_s": budget}
 
         def report(p: trainer_mod.Progress) -> None:
@@ -213,7 +213,7 @@ class Learner:
                 on_progress(p)
 
         # The whole round keeps to the time budget: training gets its share, the rest is the gate's.
-        train_settings = copy.copy(self.settings)
+        train_settings = copy.copy(settings)
         train_settings.time_budget_s = max(5.0, budget * TRAIN_SHARE - (time.perf_counter() - t0))
         try:
             trained = trainer_mod.train(

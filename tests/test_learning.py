@@ -300,3 +300,26 @@ def test_background_rounds_wait_for_idle_and_serve_every_user(monkeypatch):
     learner.stop()
     time.sleep(0.8)
     assert len(ran) == 2  # stopped: the pending timer does nothing
+
+
+@pytest.mark.slow
+def test_pack_training_uses_its_own_budget_and_leaves_the_shared_settings_alone(tiny_engine, home):
+    """`assistant pack train` rounds run with their own step budget; the learner's settings, read by
+    the background thread meanwhile, keep theirs (they were rewritten and put back)."""
+    from assistant.core import Assistant
+    from personalization.learner import Learner
+
+    settings = settings_mod.load(env={})
+    settings.memory.enabled = False
+    assistant = Assistant(settings, engine=tiny_engine, learner=Learner)
+    shared = settings.learning
+    before = (shared.max_steps, shared.time_budget_s)
+    seen = []
+
+    def progress(p):
+        seen.append((shared.max_steps, shared.time_budget_s, p.total_steps))
+
+    result = assistant.learner.train_pack("general", steps=3, on_progress=progress)
+    assert result.steps <= 3 and seen and all(s[2] == 3 for s in seen if s[2])
+    assert all((s[0], s[1]) == before for s in seen)  # never changed while training
+    assert (shared.max_steps, shared.time_budget_s) == before
