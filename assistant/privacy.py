@@ -208,7 +208,7 @@ def unlearn(user: str, turn_ids: set[str], memory_ids: set[str], since: float | 
             store.set_current(target)
             out.append(f"{store.pack}: live version {live} had learned it; rolled back to {target or 'the base model'}")
         for v in tainted:
-            shutil.rmtree(paths.inside_home(store.path(v)), ignore_errors=True)
+            store.delete(v)
         out.append(f"{store.pack}: deleted version(s) {', '.join(tainted)} that trained on it")
         _queue_retrain(store)
         out.append(f"{store.pack}: the next learning round retrains without it")
