@@ -383,6 +383,9 @@ def zygote() -> None:
     from memory.store import MemoryStore  # noqa: F401
     from personalization import learner, trainer  # noqa: F401
 
+    from memory.store import _die_with_parent
+
+    _die_with_parent(os.getppid())  # the zygote goes when the benchmark does
     embedder.get("default")
     inp, outp = sys.stdin.buffer, sys.stdout.buffer
     outp.write(b'{"ready": 1}\n')
@@ -563,6 +566,7 @@ def run(args: argparse.Namespace) -> int:
                  "work_s": 0.0, "check_s": 0.0} for k in kinds}
     checks = {"fresh": 0, "forked": 0}
     problems: list[str] = []
+    seen_corrupt: set[str] = set()
     kept_logs = 0
     for trial in range(args.kills):
         kind = rng.choice(kinds)
@@ -676,7 +680,10 @@ def run(args: argparse.Namespace) -> int:
             exp.turns -= unc["turns"] - turns
             exp.live, exp.live_known = cur, True
             exp.newest = max([exp.newest] + [int(v[1:]) for v in got["versions"]])
-            if corrupt:
+            # a damaged store stays damaged: count it at the check that found it, not at every later one
+            new_corrupt = [c for c in corrupt if c not in seen_corrupt]
+            seen_corrupt = set(corrupt)
+            if new_corrupt:
                 st["corrupt"] += 1
             if lost:
                 st["lost"] += len(lost)
@@ -691,7 +698,9 @@ def run(args: argparse.Namespace) -> int:
                 p.unlink(missing_ok=True)
         if (trial + 1) % args.progress == 0:
             el = time.perf_counter() - t_start
-            print(f"[{trial + 1}/{args.kills}] {el:.0f} s; memories held {len(exp.memories)}, forgotten "
+            print(f"[{trial + 1}/{args.kills}] {el:.0f} s; so far corrupt {sum(s['corrupt'] for s in stats.values())}, "
+                  f"lost {sum(s['lost'] for s in stats.values())}, orphans {sum(s['orphans'] for s in stats.values())}, "
+                  f"no-kill {sum(s['exited'] for s in stats.values())}; memories held {len(exp.memories)}, forgotten "
                   f"{len(exp.forgotten)}, turns {len(exp.turns)}, live adapter {exp.live}", flush=True)
     zyg.close()
     elapsed = time.perf_counter() - t_start
