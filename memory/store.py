@@ -433,7 +433,7 @@ def _write_store(root: Path, meta: dict[str, Any], ids: list, docs: list, metas:
 
 
 def _index_files_sane(root: Path) -> bool:
-    """Whether every persisted HNSW index under ``root`` has files of the sizes its header states.
+    """Whether every persisted HNSW index under ``root`` has files of the sizes its header implies.
 
     chromadb's index reader trusts these files; a truncated or overwritten one can crash the
     process in native code, so they are checked before chromadb opens them.
@@ -450,7 +450,14 @@ def _index_files_sane(root: Path) -> bool:
             (seg / "link_lists.bin").stat()
         except (OSError, struct.error):
             return False
-        if len(raw) != 100 or count > max_el or level0 != max_el * per_el or lengths != max_el * 4:
+        # The level-0 and length files hold max_elements entries when chromadb created the index
+        # at that size, but only the element count when it grew while being created (a store
+        # written with more than 100 rows at once): both are whole; fewer than ``count`` is not.
+        if len(raw) != 100 or count > max_el or not per_el:
+            return False
+        if level0 % per_el or not count * per_el <= level0 <= max_el * per_el:
+            return False
+        if lengths % 4 or not count * 4 <= lengths <= max_el * 4:
             return False
         if count and entry >= count:
             return False
