@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from assistant.errors import AssistantError, ConfigError, MemoryStoreError, PackError, PromptError
+from assistant.errors import AssistantError, ConfigError, MemoryStoreError, PackError, PromptError, StoreBusyError
 
 
 class ApiError(Exception):
@@ -23,7 +23,7 @@ def error_body(message: str, type_: str = "invalid_request_error", code: str | N
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "1"} if exc.status == 503 else None
     return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status,
                         headers=headers)
 
@@ -38,6 +38,8 @@ def from_assistant_error(exc: AssistantError) -> ApiError:
     from assistant.grammar import GrammarError
 
     msg = str(exc)
+    if isinstance(exc, StoreBusyError):  # another process (the TUI, a CLI command) is writing: try again
+        return ApiError(503, msg, "server_error", code="store_busy")
     if isinstance(exc, PromptError) and ("context" in msg or "too long" in msg):
         return ApiError(400, msg, code="context_length_exceeded", param="messages")
     if isinstance(exc, PackError):
