@@ -120,6 +120,17 @@ class Writer:
         self.errors: list[str] = []
 
 
+def _retrying(w: Writer, fn):
+    """Run ``fn``, again after "in use by PID N; try again" (a read too: it reopens a store that
+    another process changed, under the lock)."""
+    while True:
+        try:
+            return fn()
+        except StoreBusyError:
+            w.retries += 1
+            time.sleep(0.1)
+
+
 def _tui_writer(w: Writer, assistant, settings, deadline: float) -> None:
     """What the TUI does: one long-lived Assistant and store; forgetting through the privacy service."""
     rng = random.Random(1)
@@ -130,28 +141,16 @@ def _tui_writer(w: Writer, assistant, settings, deadline: float) -> None:
         try:
             if i % 3 == 0:
                 # forget one of its own, or (every other time) one another process added
-                others = [m for m in store.list() if not m.text.startswith("TUI")] if i % 2 else []
+                others = [m for m in _retrying(w, store.list) if not m.text.startswith("TUI")] if i % 2 else []
                 pool = [m.id for m in others] or [mid for mid in w.added if mid not in w.forgotten]
                 if not pool:
                     continue
                 victim = rng.choice(pool)
-                while True:
-                    try:
-                        receipt = privacy.forget(USER, settings, ids=[victim], assistant=assistant)
-                        break
-                    except StoreBusyError:
-                        w.retries += 1
-                        time.sleep(0.1)
+                receipt = _retrying(w, lambda: privacy.forget(USER, settings, ids=[victim], assistant=assistant))
                 w.forgotten |= {mid for mid, _ in receipt.memories}
             else:
                 text = f"TUI note {i}: the bike lock code is TUI{i}B{rng.randrange(10**6)}."
-                while True:
-                    try:
-                        m = store.add(text, "fact")
-                        break
-                    except StoreBusyError:
-                        w.retries += 1
-                        time.sleep(0.1)
+                m = _retrying(w, lambda: store.add(text, "fact"))
                 w.added[m.id] = m.text
         except MemoryStoreError as exc:
             if "no memory" not in str(exc):  # another writer forgot it between list and forget
