@@ -291,7 +291,16 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
     try:
         from memory.store import MemoryStore
 
-        store = MemoryStore(USER, _settings().memory, embedder=_StoredVectors() if job["fresh"] else None)
+        try:
+            store = MemoryStore(USER, _settings().memory, embedder=_StoredVectors() if job["fresh"] else None)
+        except RuntimeError as exc:
+            if "no embedder" not in str(exc):
+                raise
+            # a damaged index: say so, then let the store repair itself with the real embedder, so
+            # that what it still holds is compared (not reported lost because this checker cannot re-embed)
+            out["corrupt"].append("memory store needed a repair (the fresh checker loaded the embedder for it)")
+            job = dict(job, fresh=False)
+            store = MemoryStore(USER, _settings().memory)
         if store.col.notices:
             out["corrupt"].append(f"memory store repaired itself: {store.col.notices}")
         listed = {m.id: m.text for m in store.list(include_superseded=True)}
