@@ -32,7 +32,7 @@ def error_body(message: str, type_: str = "invalid_request_error", code: str | N
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "1"} if exc.status == 503 else None
     return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status,
                         headers=headers)
 
@@ -62,7 +62,7 @@ def _statuses() -> list[tuple[type[AssistantError], int, str | None, str | None]
 def from_assistant_error(exc: AssistantError) -> ApiError:
     for kind, status, code, param in _statuses():
         if isinstance(exc, kind):
-            return ApiError(status, str(exc), code=code, param=param)
+            return ApiError(status, str(exc), "server_error" if status >= 500 else "invalid_request_error", code, param)
     return ApiError(400, str(exc))
 
 

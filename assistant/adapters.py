@@ -93,8 +93,22 @@ class AdapterStore:
         return tmp
 
     def clean_staging(self) -> None:
-        for p in self.root.glob(".staging-*") if self.root.is_dir() else []:
-            shutil.rmtree(p, ignore_errors=True)
+        """Remove candidates a crash left half-written, and versions a crash left half-deleted."""
+        for pattern in (".staging-*", ".deleting-*"):
+            for p in self.root.glob(pattern) if self.root.is_dir() else []:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def delete(self, version: str) -> None:
+        """Remove a version folder: renamed out of the version names first, so a crash mid-way
+        never leaves a half-deleted folder that still looks like a version."""
+        folder = paths.inside_home(self.root / version)
+        if not folder.is_dir():
+            return
+        trash = self.root / f".deleting-{version}-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(folder, trash)
+        paths.fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def publish(self, staged: Path, meta: dict[str, Any], make_current: bool = True, base: Any = None) -> str:
         """Give ``staged`` the next version name, then (optionally) point CURRENT at it.
@@ -153,7 +167,7 @@ class AdapterStore:
         keep_set = set(versions[-keep:] if keep > 0 else []) | {v for v in (cur, best) if v}
         removed = [v for v in versions if v not in keep_set]
         for v in removed:
-            shutil.rmtree(paths.inside_home(self.root / v), ignore_errors=True)
+            self.delete(v)
         return removed
 
     def best(self) -> str | None:

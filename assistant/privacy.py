@@ -81,6 +81,28 @@ def forget(
                 pats = [_needle_re(n) for n in needles]
                 chosen += [m for m in store.list(include_superseded=True)
                            if m.id not in chosen_ids and any(p.search(m.text) for p in pats)]
+            receipt.memories = [(m.id, m.text) for m in chosen]
+            forgotten_ids = {m.id for m in chosen}
+            source_turns = {m.source_turn for m in chosen if m.source_turn}
+            # The memories go last: a crash before that leaves them in place, so forgetting them
+            # again (by id or search) redoes every step; the journal and adapter steps repeat safely.
+            # (Removed first, a crash left the journal quoting a memory no forget could name.)
+            journal, own_journal = _journal(user, assistant)
+            try:
+                if everything:
+                    needles = [m.text for m in chosen]
+                words = sorted({w for m in chosen for w in distinctive_words(m.text)})
+                done = journal.scrub(needles, forgotten_ids, source_turns, words) if chosen else {}
+            finally:
+                if own_journal:
+                    journal.close()
+            receipt.turns_deleted = list(done.get("turns_deleted", []))
+            receipt.turns_rewritten = list(done.get("turns_rewritten", []))
+            receipt.conversations_deleted = int(done.get("conversations_deleted", 0))
+            if chosen:
+                since = min((m.created for m in chosen if m.created), default=None)
+                touched = set(receipt.turns_deleted) | set(receipt.turns_rewritten) | source_turns
+                receipt.adapters = unlearn(user, touched, forgotten_ids, since)
             if everything:
                 store.forget_all()
             elif chosen:
@@ -88,25 +110,7 @@ def forget(
         finally:
             if own_store:
                 store.close()
-        receipt.memories = [(m.id, m.text) for m in chosen]
-        forgotten_ids = {m.id for m in chosen}
-        source_turns = {m.source_turn for m in chosen if m.source_turn}
-        journal, own_journal = _journal(user, assistant)
-        try:
-            if everything:
-                needles = [m.text for m in chosen]
-            words = sorted({w for m in chosen for w in distinctive_words(m.text)})
-            done = journal.scrub(needles, forgotten_ids, source_turns, words) if chosen else {}
-        finally:
-            if own_journal:
-                journal.close()
-        receipt.turns_deleted = list(done.get("turns_deleted", []))
-        receipt.turns_rewritten = list(done.get("turns_rewritten", []))
-        receipt.conversations_deleted = int(done.get("conversations_deleted", 0))
         if chosen:
-            since = min((m.created for m in chosen if m.created), default=None)
-            touched = set(receipt.turns_deleted) | set(receipt.turns_rewritten) | source_turns
-            receipt.adapters = unlearn(user, touched, forgotten_ids, since)
             receipt.files = _drop_damaged_copies(folder, needles)
     if assistant is not None:
         _after_forget(assistant, user)
@@ -208,7 +212,7 @@ def unlearn(user: str, turn_ids: set[str], memory_ids: set[str], since: float | 
             store.set_current(target)
             out.append(f"{store.pack}: live version {live} had learned it; rolled back to {target or 'the base model'}")
         for v in tainted:
-            shutil.rmtree(paths.inside_home(store.path(v)), ignore_errors=True)
+            store.delete(v)
         out.append(f"{store.pack}: deleted version(s) {', '.join(tainted)} that trained on it")
         _queue_retrain(store)
         out.append(f"{store.pack}: the next learning round retrains without it")

@@ -318,7 +318,7 @@ class VectorCollection:
 
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """End this process when ``parent`` dies (Linux: the kernel signals it; elsewhere: polling)."""
     import signal
 
@@ -346,7 +346,7 @@ def build_child(parent: int = 0) -> None:
     """Entry point of the child process of ``VectorCollection._rebuild`` (job on stdin)."""
     os.umask(0o077)
     if parent:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     job = pickle.loads(sys.stdin.buffer.read())
     _write_store(Path(job["root"]), job["meta"], job["ids"], job["documents"], job["metadatas"], job["embeddings"])
 

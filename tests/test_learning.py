@@ -193,6 +193,38 @@ def test_adapter_store_versions_rollback_prune(home, tmp_path, tiny_tokenizer):
         store.set_current("v0009")
 
 
+def test_a_crash_mid_prune_leaves_no_half_deleted_version(home, tiny_tokenizer, monkeypatch):
+    """bench/kills.py found this: SIGKILL while prune removed v0001 left a v0001 folder without its
+    weights (meta.json still there), listed as a version that a rollback could name."""
+    import shutil
+
+    from assistant import adapters
+
+    store = AdapterStore("ann", "general")
+    model = trainer.create(make_tiny_model(tiny_tokenizer), _settings())
+    for _ in range(3):
+        staged = store.staging_dir()
+        model.save_pretrained(str(staged))
+        store.publish(staged, {"gate": {}})
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, ignore_errors=False):
+        if not adapters.Path(path).exists():
+            return
+        (adapters.Path(path) / adapters.WEIGHTS).unlink()  # the first file goes, then the process dies
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(adapters.shutil, "rmtree", killed_midway)
+    with pytest.raises(SystemExit):
+        store.prune(1)
+    monkeypatch.setattr(adapters.shutil, "rmtree", real_rmtree)
+    for v in store.versions():
+        assert (store.path(v) / adapters.WEIGHTS).is_file() and (store.path(v) / adapters.META).is_file(), v
+    assert store.versions() == ["v0002", "v0003"] and store.current() == "v0003"
+    store.clean_staging()  # the next round's start removes what the crash left
+    assert sorted(p.name for p in store.root.iterdir() if p.name.startswith(".")) == []
+
+
 def test_gate_promotes_only_real_improvements_without_regressions():
     s = settings_mod.load(env={}).learning
     live = gate.Scores(user_loss=2.0, user_match=0.0, eval_loss=2.0, guard_ppl=20.0)

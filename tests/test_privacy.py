@@ -119,6 +119,30 @@ def test_forgetting_what_the_live_adapter_learned_rolls_it_back(home, alice):
     assert state["last_round_at"] == 0.0
 
 
+@pytest.mark.parametrize("crash_in", ["journal", "adapters"])
+def test_a_forget_cut_short_can_be_finished_by_forgetting_again(home, alice, crash_in):
+    """bench/kills.py found this: killed after the memory store dropped the memory but before the
+    journal was scrubbed, the journal kept quoting it, and no forget could name it any more."""
+    store = AdapterStore("alice", "general")
+    t1, t2, t3 = alice["turns"]
+    _version(store, {"turns": [t3.id], "memories": [alice["tea"].id]}, time.time())
+    v2 = _version(store, {"turns": [t2.id], "memories": [alice["secret"].id]}, time.time())
+
+    def killed(*a, **kw):
+        raise SystemExit("killed")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit):
+        if crash_in == "journal":
+            mp.setattr(Journal, "scrub", killed)
+        else:
+            mp.setattr(privacy, "unlearn", killed)
+        privacy.forget("alice", alice["settings"], ids=[alice["secret"].id])
+    receipt = privacy.forget("alice", alice["settings"], ids=[alice["secret"].id])  # the user tries again
+    assert [m[0] for m in receipt.memories] == [alice["secret"].id]
+    assert _files_with(home, SECRET.encode()) == []
+    assert v2 not in store.versions()
+
+
 def test_a_version_without_ledger_made_after_the_memory_is_taken_out(home, alice):
     store = AdapterStore("alice", "general")
     old = _version(store, None, alice["secret"].created - 100)  # before the memory existed

@@ -164,6 +164,26 @@ def test_damaged_vector_index_is_rebuilt_with_a_notice(home, damage, capsys):
     assert "rebuilt it from the store's 4 records" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rows", [101, 129])
+def test_an_index_created_past_its_first_size_is_not_called_damaged(home, rows, capsys):
+    """bench/kills.py found this: once a rebuild (a forget) wrote more than 100 memories at once,
+    chromadb's files held ``count`` entries, not ``max_elements``, and every later open of the
+    store called the index damaged and rebuilt it, with a notice, at each start of every process."""
+    from memory.store import MemoryStore
+
+    s = MemoryStore("alice", settings_mod.MemorySettings())
+    added = [s.add(f"Note {i}: the locker code is LCK{i}X.", "fact") for i in range(rows + 1)]
+    s.forget([added[-1].id])  # the rebuild child writes the `rows` others in one go
+    s.close()
+    capsys.readouterr()
+    s = MemoryStore("alice", settings_mod.MemorySettings())
+    assert s.col.notices == []
+    assert s.search("Note 7: the locker code is LCK7X.", k=3)[0].id == added[7].id
+    assert len(s.list()) == rows
+    s.close()
+    assert "was damaged" not in capsys.readouterr().err
+
+
 def test_damaged_journal_is_moved_aside_and_readable_rows_kept(home, capsys):
     from assistant.journal import Journal, Turn, new_turn_id
 
