@@ -138,14 +138,7 @@ class AdapterStore:
     def set_current(self, version: str | None) -> None:
         if version is not None and (not _VERSION_RE.match(str(version)) or not (self.root / version / WEIGHTS).is_file()):
             raise AdapterError(f"no adapter version {version!r} for {self.user}/{self.pack} (see `assistant adapters list`)")
-        paths.private_dir(paths.inside_home(self.root))
-        tmp = self.root / f"{CURRENT}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(version or "")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / CURRENT)
-        paths.fsync_dir(self.root)
+        paths.write_private(paths.inside_home(self.root) / CURRENT, (version or "").encode())  # 0600, atomic
 
     def rollback(self, version: str | None = None) -> str | None:
         """Go back to ``version``, or to the version before the current one (None: base model)."""

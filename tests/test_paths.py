@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from assistant import packs, paths
+from assistant import settings as settings_mod
 from assistant.errors import UnsafeNameError
 from cli.main import main
 
@@ -188,3 +189,24 @@ def test_a_folder_where_a_file_should_be_is_a_problem(tmp_path):
     (root / "knowledge" / "dir.md").mkdir()
     problems = [str(p) for p in packs.validate(root)]
     assert any("train.jsonl" in p and "not a file" in p for p in problems)
+
+
+def test_the_live_adapter_pointer_is_private_whatever_the_umask(home, tiny_tokenizer):
+    """CURRENT (which version is live) is created 0600 even by a process that never set its umask."""
+    import os
+    import stat
+
+    from assistant.adapters import CURRENT, AdapterStore
+    from personalization import trainer
+    from tests.conftest import make_tiny_model
+
+    old = os.umask(0o022)
+    try:
+        store = AdapterStore("ann", "general")
+        model = trainer.create(make_tiny_model(tiny_tokenizer), settings_mod.load(env={}).learning)
+        staged = store.staging_dir()
+        model.save_pretrained(str(staged))
+        store.publish(staged, {"gate": {}})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((store.root / CURRENT).stat().st_mode) == 0o600
