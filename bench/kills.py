@@ -128,6 +128,13 @@ class Log:
         os.write(self.fd, (json.dumps({"a": seq, "op": op, **data}) + "\n").encode())
         os.fsync(self.fd)
 
+    def add(self, store: Any, text: str) -> Any:
+        """A memory add, logged before it starts and acknowledged once the store committed it."""
+        seq = self.begin("add", text=text)
+        m = store.add(text, "fact")
+        self.ack(seq, "add", id=m.id, text=m.text)
+        return m
+
     def ready(self) -> None:
         os.write(self.fd, b'{"ready": 1}\n')
         os.fsync(self.fd)
@@ -150,10 +157,7 @@ def _work_remember(trial: int, log: Log, extra: dict[str, Any]) -> None:
     store = MemoryStore(USER, _settings().memory)
     log.ready()
     for i in range(10_000):
-        text = f"Kill bench note {trial}.{i}: the locker code is RMB{trial}X{i}."
-        seq = log.begin("add", text=text)
-        m = store.add(text, "fact")
-        log.ack(seq, "add", id=m.id, text=m.text)
+        log.add(store, f"Kill bench note {trial}.{i}: the locker code is RMB{trial}X{i}.")
 
 
 def _work_forget(trial: int, log: Log, extra: dict[str, Any]) -> None:
@@ -169,9 +173,7 @@ def _work_forget(trial: int, log: Log, extra: dict[str, Any]) -> None:
     log.ready()
     for i in range(10_000):
         text = f"Forget bench secret {trial}.{i}: my PIN hint is FGT{trial}Q{i}."
-        seq = log.begin("add", text=text)
-        m = store.add(text, "fact")
-        log.ack(seq, "add", id=m.id, text=m.text)
+        m = log.add(store, text)
         turn = Turn(id=new_turn_id(), conversation_id=conv, pack=PACK, created=time.time(), message="What is my PIN hint?",
                     prompt=[{"role": "user", "content": f"Notes: {text} What is my PIN hint?"}], reply="It is in your notes.",
                     memory_ids=[m.id])
