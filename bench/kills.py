@@ -305,6 +305,7 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
             store = MemoryStore(USER, _settings().memory)
         if store.col.notices:
             out["corrupt"].append(f"memory store repaired itself: {store.col.notices}")
+        out["rollbacks"] = list(store.col.rollbacks)  # a torn index save put back (see memory.chroma_files)
         listed = {m.id: m.text for m in store.list(include_superseded=True)}
         out["memory_ids"] = listed
         want = dict(job["search"])
@@ -575,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
     zyg = Zygote(env)
     print(f"home {home}; setup and zygote ready in {time.perf_counter() - t_start:.1f} s", flush=True)
     exp = Expected()
-    stats = {k: {"kills": 0, "exited": 0, "corrupt": 0, "lost": 0, "orphans": 0, "acked": 0, "ready_s": 0.0,
+    stats = {k: {"kills": 0, "exited": 0, "corrupt": 0, "lost": 0, "orphans": 0, "put_back": 0, "acked": 0, "ready_s": 0.0,
                  "work_s": 0.0, "check_s": 0.0} for k in kinds}
     checks = {"fresh": 0, "forked": 0}
     problems: list[str] = []
@@ -658,6 +659,7 @@ def run(args: argparse.Namespace) -> int:
             got = json.loads(out_path.read_text())
         if got is not None:
             corrupt = list(got["corrupt"])
+            st["put_back"] += bool(got.get("rollbacks"))
             lost: list[str] = []
             have = got["memory_ids"]
             for mid, text in exp.memories.items():
@@ -723,15 +725,19 @@ def run(args: argparse.Namespace) -> int:
     zyg.close()
     elapsed = time.perf_counter() - t_start
     print()
-    print(f"{'kind':10} {'kills':>6} {'no-kill':>8} {'acked ops':>10} {'corrupt':>8} {'lost':>6} {'orphans':>8}")
-    total: dict[str, float] = {k: 0 for k in ("kills", "exited", "acked", "corrupt", "lost", "orphans")}
+    print(f"{'kind':10} {'kills':>6} {'no-kill':>8} {'acked ops':>10} {'corrupt':>8} {'lost':>6} {'orphans':>8} "
+          f"{'put back':>9}")
+    total: dict[str, float] = {k: 0 for k in ("kills", "exited", "acked", "corrupt", "lost", "orphans", "put_back")}
     for kind in kinds:
         s = stats[kind]
-        print(f"{kind:10} {s['kills']:>6} {s['exited']:>8} {s['acked']:>10} {s['corrupt']:>8} {s['lost']:>6} {s['orphans']:>8}")
+        print(f"{kind:10} {s['kills']:>6} {s['exited']:>8} {s['acked']:>10} {s['corrupt']:>8} {s['lost']:>6} {s['orphans']:>8} "
+              f"{s['put_back']:>9}")
         for k in total:
             total[k] += s[k]
     print(f"{'total':10} {total['kills']:>6} {total['exited']:>8} {total['acked']:>10} {total['corrupt']:>8} "
-          f"{total['lost']:>6} {total['orphans']:>8}")
+          f"{total['lost']:>6} {total['orphans']:>8} {total['put_back']:>9}")
+    print("put back: checks whose store found a torn index save and put back the index as last saved "
+          "(chromadb then replayed its log; not a repair, nothing re-embedded)")
     print("mean seconds per trial: " + "; ".join(
         f"{k} ready {stats[k]['ready_s'] / max(1, stats[k]['kills'] + stats[k]['exited']):.2f}, worked "
         f"{stats[k]['work_s'] / max(1, stats[k]['kills'] + stats[k]['exited']):.2f}, check "

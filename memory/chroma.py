@@ -45,7 +45,7 @@ from typing import Any, Sequence
 from assistant import crypto, paths
 from assistant.errors import EncryptionError, MemoryStoreError
 from memory import sealed
-from memory.chroma_files import index_files_sane, index_persisted, recover, salvage_rows
+from memory.chroma_files import index_files_sane, index_persisted, index_write, recover, salvage_rows
 from memory.types import SCHEMA_VERSION, Memory, from_row
 
 COLLECTION = "memories"
@@ -95,12 +95,13 @@ class VectorCollection:
         self._lock = threading.RLock()
         self._indexed = False  # known to have a persisted HNSW index (see ``add``)
         self.notices: list[str] = []
-        recover(root)
+        self.rollbacks = recover(root)  # torn index saves put back (not damage: nothing re-embedded)
         try:
             if not index_files_sane(root):
                 raise MemoryStoreError("the vector index files are damaged (sizes do not match their header)")
-            self._client = _client(root)
-            self._col = self._open()
+            with index_write(root):  # opening replays chromadb's log, which may save the index
+                self._client = _client(root)
+                self._col = self._open()
         except MemoryStoreError as exc:
             if "vector index files are damaged" not in str(exc):
                 raise
@@ -145,12 +146,14 @@ class VectorCollection:
             self._client = None
             self._indexed = False
             _stop_client(self.root)
-            recover(self.root)
+            self.rollbacks += recover(self.root)
             try:
                 if not index_files_sane(self.root):
                     raise MemoryStoreError("the vector index files are damaged (sizes do not match their header)")
-                self._client = _client(self.root)
-                self._col = self._attach()
+                with index_write(self.root):
+                    self._client = _client(self.root)
+                    self._col = self._attach()
+                    self._col.count()
             except Exception as exc:
                 self.repair(exc)
 
@@ -226,15 +229,17 @@ class VectorCollection:
                 return
             for i in range(0, len(memories), 1000):
                 part, batch = memories[i : i + 1000], stored[i : i + 1000]
-                self._col.upsert(
-                    ids=[m.id for m in part], documents=[doc for doc, _ in batch],
-                    metadatas=[meta for _, meta in batch], embeddings=list(vectors[i : i + 1000]),
-                )
+                with index_write(self.root):
+                    self._col.upsert(
+                        ids=[m.id for m in part], documents=[doc for doc, _ in batch],
+                        metadatas=[meta for _, meta in batch], embeddings=list(vectors[i : i + 1000]),
+                    )
 
     def update_meta(self, memories: Sequence[Memory]) -> None:
         with self._lock:
             metas = [sealed.stored_row(self.key, self.seal, m.id, "", m.metadata())[1] for m in memories]
-            self._col.update(ids=[m.id for m in memories], metadatas=metas)
+            with index_write(self.root):
+                self._col.update(ids=[m.id for m in memories], metadatas=metas)
 
     def _memory(self, mid: str, doc: Any, meta: Any, distance: float | None = None) -> Memory:
         doc, meta = sealed.plain_row(self.key, mid, doc, meta)

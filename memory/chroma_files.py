@@ -8,15 +8,22 @@ so these checks run before chromadb opens a folder.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from memory import sealed
 from memory.types import META_FIELDS
 
 INDEX_MARKER = "index_metadata.pickle"
+# What chromadb's HNSW save writes (the id map last: its presence means "persisted").
+HNSW_FILES = ("header.bin", "data_level0.bin", "length.bin", "link_lists.bin", INDEX_MARKER)
+WRITE_MARK = ".index-write"
+BACKUP_DIR = ".index-backup"
 
 
 def index_persisted(root: Path, col: Any) -> bool:
@@ -94,8 +101,9 @@ def salvage_rows(root: Path) -> dict[str, list]:
     return {"ids": ids, "documents": [docs[i] for i in ids], "metadatas": [metas[i] for i in ids], "embeddings": []}
 
 
-def recover(root: Path) -> None:
-    """Finish or undo a swap that a crash interrupted."""
+def recover(root: Path) -> list[str]:
+    """Finish or undo a swap that a crash interrupted, then undo a torn index save (see the
+    module's docstring); returns the segments whose index was put back to its last save."""
     new_root = root.with_name(root.name + ".new")
     old_root = root.with_name(root.name + ".old")
     if new_root.exists():
@@ -109,4 +117,130 @@ def recover(root: Path) -> None:
             shutil.rmtree(old_root, ignore_errors=True)
         else:
             os.replace(old_root, root)
+    return recover_index_write(root)
+
+
+def _vector_positions(root: Path) -> dict[str, str]:
+    """Each vector segment's id and the log position its saved index holds ('0': none yet)."""
+    import sqlite3
+
+    db = root / "chroma.sqlite3"
+    if not db.is_file():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = con.execute(
+                "SELECT s.id, COALESCE(m.seq_id, 0) FROM segments s LEFT JOIN max_seq_id m ON m.segment_id = s.id "
+                "WHERE s.scope = 'VECTOR'"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}  # not a store chromadb finished creating (or damaged: opening it repairs)
+    return {str(seg): str(seq) for seg, seq in rows}
+
+
+def _signature(seg: Path) -> list[list[Any]] | None:
+    out: list[list[Any]] = []
+    for name in HNSW_FILES:
+        try:
+            st = (seg / name).stat()
+        except OSError:
+            return None
+        out.append([name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def begin_index_write(root: Path) -> None:
+    """Keep a copy of each saved index (unless the kept one is current) and mark the write."""
+    segments: dict[str, str] = {}
+    for seg_id, position in _vector_positions(root).items():
+        seg = root / seg_id
+        sig = _signature(seg)
+        if sig is None:
+            continue  # no saved index: chromadb has nothing to tear
+        backup = root / BACKUP_DIR / seg_id
+        stamp = {"signature": sig, "position": position}
+        if _read_json(backup / "stamp.json") != stamp:
+            tmp = root / BACKUP_DIR / f"{seg_id}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, mode=0o700)
+            for name in HNSW_FILES:
+                shutil.copyfile(seg / name, tmp / name)
+            if _signature(seg) != sig:  # changed while copied: no write may be under way, but be sure
+                shutil.rmtree(tmp, ignore_errors=True)
+                continue
+            _write_json(tmp / "stamp.json", stamp)
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(tmp, backup)
+        segments[seg_id] = position
+    if segments:
+        _write_json(root / WRITE_MARK, {"pid": os.getpid(), "segments": segments})
+
+
+def end_index_write(root: Path) -> None:
+    (root / WRITE_MARK).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def index_write(root: Path) -> Iterator[None]:
+    """Around every chromadb call that may save the index (hold the store's lock)."""
+    begin_index_write(root)
+    try:
+        yield
+    finally:
+        end_index_write(root)
+
+
+def recover_index_write(root: Path) -> list[str]:
+    """Put back the saved index of a write whose process died while chromadb was saving it."""
+    mark = _read_json(root / WRITE_MARK)
+    if mark is None:
+        (root / WRITE_MARK).unlink(missing_ok=True)  # unreadable: written half, before any save
+        return []
+    pid = int(mark.get("pid", 0))
+    if pid and pid != os.getpid() and _alive(pid):
+        return []  # a live writer's mark (it holds the lock; this open does not)
+    restored: list[str] = []
+    positions = _vector_positions(root)
+    for seg_id, position in dict(mark.get("segments", {})).items():
+        if positions.get(seg_id) != position:
+            continue  # the save finished (SQLite records its position last): the files are whole
+        backup, seg = root / BACKUP_DIR / seg_id, root / seg_id
+        stamp = _read_json(backup / "stamp.json")
+        if not stamp or stamp.get("position") != position or _signature(seg) == stamp.get("signature"):
+            continue  # untouched since the copy, or no copy of that save
+        for name in HNSW_FILES:
+            shutil.copyfile(backup / name, seg / f"{name}.restore")
+            os.replace(seg / f"{name}.restore", seg / name)
+        restored.append(seg_id)
+    if restored:
+        print(f"[memory] an index save in {root} was interrupted; put back the index as last saved "
+              "(the log replays the writes since)", file=sys.stderr, flush=True)
+    (root / WRITE_MARK).unlink(missing_ok=True)
+    return restored
 

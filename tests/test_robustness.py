@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,6 +183,66 @@ def test_an_index_created_past_its_first_size_is_not_called_damaged(home, rows, 
     assert len(s.list()) == rows
     s.close()
     assert "was damaged" not in capsys.readouterr().err
+
+
+def _queue_keeps_its_records(root: Path) -> None:
+    """What a kill during chromadb's index save leaves: the log records since the last save
+    (chromadb purges them only after a save finished; here they are kept to rebuild that state)."""
+    import sqlite3
+
+    con = sqlite3.connect(root / "chroma.sqlite3")
+    con.execute("""UPDATE embeddings_queue_config SET config_json_str = '{"automatically_purge":false,"_type":"EmbeddingsQueueConfigurationInternal"}'""")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("torn", [True, False])
+def test_a_torn_index_save_is_put_back_and_the_log_replayed(home, monkeypatch, capsys, torn):
+    """bench/kills.py found this: a kill while chromadb rewrote its HNSW files in place left them
+    torn, and the store had to be re-embedded from its records. Now the index as last saved is put
+    back and chromadb replays the log, so every acknowledged memory is found without a repair."""
+    import sqlite3
+
+    from memory import chroma_files
+    from memory.store import MemoryStore
+
+    texts = [f"Note {i}: my locker code is LCK{i}X." for i in range(6)]
+    s = MemoryStore("alice", settings_mod.MemorySettings())
+    for t in texts:
+        s.add(t, "fact")
+    s.close()
+    root = home / "users" / "alice" / "memory"
+    _queue_keeps_its_records(root)
+    s = MemoryStore("alice", settings_mod.MemorySettings())
+    with monkeypatch.context() as patch:
+        patch.setattr(chroma_files, "end_index_write", lambda root: None)  # killed before it
+        while True:  # until a write saves the index (chromadb does every second one)
+            texts.append(f"Note {len(texts)}: my locker code is LCK{len(texts)}X.")
+            s.add(texts[-1], "fact")
+            mark = json.loads((root / chroma_files.WRITE_MARK).read_text())["segments"]
+            if chroma_files._vector_positions(root) != mark:
+                break
+        s.close()
+    if torn:  # killed mid-save: the files half rewritten, SQLite still at the last save
+        con = sqlite3.connect(root / "chroma.sqlite3")
+        for seg, pos in mark.items():
+            con.execute("UPDATE max_seq_id SET seq_id = ? WHERE segment_id = ?", (int(pos), seg))
+        con.commit()
+        con.close()
+        for f in root.glob("*/data_level0.bin"):
+            os.truncate(f, f.stat().st_size // 3)
+    capsys.readouterr()
+    s = MemoryStore("alice", settings_mod.MemorySettings())
+    assert bool(s.col.rollbacks) == torn
+    assert s.col.notices == []  # no repair, nothing re-embedded
+    assert not (root / chroma_files.WRITE_MARK).exists()
+    for t in texts:
+        assert s.search(t, k=1)[0].text == t
+    assert len(s.list()) == len(texts)
+    s.close()
+    err = capsys.readouterr().err
+    assert "rebuilt it from" not in err
+    assert ("was interrupted" in err) == torn
 
 
 def test_damaged_journal_is_moved_aside_and_readable_rows_kept(home, capsys):
