@@ -165,8 +165,10 @@ def _work_forget(trial: int, log: Log, extra: dict[str, Any]) -> None:
     from assistant.core import Assistant
     from assistant.journal import Turn, new_turn_id
 
+    from personalization.learner import Learner
+
     settings = _settings()
-    assistant = Assistant(settings)
+    assistant = Assistant(settings, learner=Learner)  # a forget also unlearns from the adapters
     store, journal = assistant.memory(USER), assistant.journal(USER)
     conv = journal.new_conversation(PACK).id
     older = list(extra.get("older", []))
@@ -193,7 +195,9 @@ def _work_learn(trial: int, log: Log, extra: dict[str, Any]) -> None:
     from assistant.core import Assistant
     from assistant.journal import Turn, new_turn_id
 
-    assistant = Assistant(_settings(**{"memory.enabled": False}))
+    from personalization.learner import Learner
+
+    assistant = Assistant(_settings(**{"memory.enabled": False}), learner=Learner)
     journal = assistant.journal(USER)
     learner = assistant.learner
     store = AdapterStore(USER, PACK)
