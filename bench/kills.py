@@ -164,7 +164,6 @@ def _work_forget(trial: int, log: Log, extra: dict[str, Any]) -> None:
     from assistant import privacy
     from assistant.core import Assistant
     from assistant.journal import Turn, new_turn_id
-
     from personalization.learner import Learner
 
     settings = _settings()
@@ -194,7 +193,6 @@ def _work_learn(trial: int, log: Log, extra: dict[str, Any]) -> None:
     from assistant.adapters import AdapterStore
     from assistant.core import Assistant
     from assistant.journal import Turn, new_turn_id
-
     from personalization.learner import Learner
 
     assistant = Assistant(_settings(**{"memory.enabled": False}), learner=Learner)
