@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from assistant import paths
+from assistant.process import pid_alive
 from federated.config import FederatedConfig, add_budget_used, budget_left_s, fed_dir
 
 
@@ -49,22 +50,12 @@ def touch_activity(home: Path | None = None) -> None:
     path.touch()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _marker_busy(home: Path | None) -> bool:
     try:
         pid = int(busy_marker(home).read_text().strip() or "0")
     except (OSError, ValueError):
         return False
-    return pid > 0 and _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def _last_activity(home: Path | None) -> float:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from assistant.process import pid_alive
 from memory import sealed
 from memory.types import META_FIELDS
 
@@ -165,16 +166,6 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def begin_index_write(root: Path) -> None:
     """Keep a copy of each saved index (unless the kept one is current) and mark the write."""
     segments: dict[str, str] = {}
@@ -223,7 +214,7 @@ def recover_index_write(root: Path) -> list[str]:
         (root / WRITE_MARK).unlink(missing_ok=True)  # unreadable: written half, before any save
         return []
     pid = int(mark.get("pid", 0))
-    if pid and pid != os.getpid() and _alive(pid):
+    if pid and pid != os.getpid() and pid_alive(pid):
         return []  # a live writer's mark (it holds the lock; this open does not)
     restored: list[str] = []
     positions = _vector_positions(root)
