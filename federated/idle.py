@@ -50,6 +50,37 @@ def touch_activity(home: Path | None = None) -> None:
     path.touch()
 
 
+class Presence:
+    """What a front end tells a SuperNode on the same machine: the user is typing, a reply is being
+    generated. Silent on a device that never joined (it writes nothing under ``federated/``); the
+    join record is looked up at most every ``recheck_s`` and a key press touches the activity
+    file at most every ``every_s``, so typing costs nothing noticeable."""
+
+    def __init__(self, home: Path | None = None, every_s: float = 0.5, recheck_s: float = 5.0) -> None:
+        self.home = home
+        self.every_s = every_s
+        self.recheck_s = recheck_s
+        self._touched = -every_s
+        self._checked = -recheck_s
+        self._joined = False
+
+    def joined(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= self.recheck_s:
+            self._checked = now
+            self._joined = (fed_dir(self.home) / "joined.json").is_file()
+        return self._joined
+
+    def typing(self) -> None:
+        now = time.monotonic()
+        if now - self._touched >= self.every_s and self.joined():
+            self._touched = now
+            touch_activity(self.home)
+
+    def generating(self) -> contextlib.AbstractContextManager[None]:
+        return generating(self.home) if self.joined() else contextlib.nullcontext()
+
+
 def _marker_busy(home: Path | None) -> bool:
     try:
         pid = int(busy_marker(home).read_text().strip() or "0")

@@ -199,6 +199,26 @@ class _Batches:
         return own + [self._draw(1) for _ in range(self.size - len(own))]
 
 
+def _pause_inside_steps(model: Any, should_pause: Callable[[], bool] | None, every_s: float = 0.1) -> list[Any]:
+    """Also pause in the middle of a step: before each decoder layer's forward, at most every
+    ``every_s``. A step of a few items takes seconds on a slow CPU; the user who starts typing
+    should get the CPU back within a fraction of that. Removable handles (none without a hook)."""
+    if should_pause is None:
+        return []
+    last = [time.monotonic()]
+
+    def hook(_module: Any, _args: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_s:
+            return
+        last[0] = now
+        while should_pause():
+            time.sleep(0.05)
+
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    return [m.register_forward_pre_hook(hook) for m in layers]
+
+
 def train(
     model: Any, tokenizer: Any, render: Callable[..., list[int]], examples: Sequence[Example], settings: Any, *,
     on_progress: Callable[[Progress], None] | None = None, should_pause: Callable[[], bool] | None = None,
@@ -225,37 +245,42 @@ def train(
     total = settings.max_steps
     tokens = 0
     batches = _Batches(items, batch_size, rng)
+    hooks = _pause_inside_steps(model, should_pause)
     loss_ema = float("nan")
     own_ema = float("nan")  # the answer loss on the user's own examples (not replay): early stopping
     target = getattr(settings, "target_loss", 0.0)
     stopped = "steps"
     step = 0
-    for step in range(1, total + 1):
-        while should_pause is not None and should_pause():
-            time.sleep(0.05)  # a reply is being generated: it has the CPU
-        if should_stop is not None and should_stop():
-            stopped, step = "cancelled", step - 1
-            break
-        if time.perf_counter() - t0 > settings.time_budget_s:
-            stopped, step = "time", step - 1
-            break
-        batch = batches.next()
-        loss, values = _batch_loss(model, batch, settings)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        for item, value in zip(batch, values, strict=False):
-            tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
-            loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
-            if item["own"]:
-                own_ema = value if math.isnan(own_ema) else 0.7 * own_ema + 0.3 * value
-        if on_progress is not None:
-            on_progress(Progress(len(items), step, total, loss_ema, time.perf_counter() - t0,
-                                 budget_s=settings.time_budget_s))
-        # Once the user's examples are learned, more steps mostly cost general ability.
-        if target > 0 and step >= 10 and own_ema < target:
-            stopped = "converged"
-            break
+    try:
+        for step in range(1, total + 1):
+            while should_pause is not None and should_pause():
+                time.sleep(0.05)  # a reply is being generated: it has the CPU
+            if should_stop is not None and should_stop():
+                stopped, step = "cancelled", step - 1
+                break
+            if time.perf_counter() - t0 > settings.time_budget_s:
+                stopped, step = "time", step - 1
+                break
+            batch = batches.next()
+            loss, values = _batch_loss(model, batch, settings)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            for item, value in zip(batch, values, strict=False):
+                tokens += len(item["chosen"][0]) + (len(item["rejected"][0]) if "rejected" in item else 0)
+                loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
+                if item["own"]:
+                    own_ema = value if math.isnan(own_ema) else 0.7 * own_ema + 0.3 * value
+            if on_progress is not None:
+                on_progress(Progress(len(items), step, total, loss_ema, time.perf_counter() - t0,
+                                     budget_s=settings.time_budget_s))
+            # Once the user's examples are learned, more steps mostly cost general ability.
+            if target > 0 and step >= 10 and own_ema < target:
+                stopped = "converged"
+                break
+    finally:
+        for hook in hooks:
+            hook.remove()
     model.eval()
     return TrainResult(model, step, tokens, time.perf_counter() - t0, loss_ema, stopped)

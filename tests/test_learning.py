@@ -355,3 +355,34 @@ def test_pack_training_uses_its_own_budget_and_leaves_the_shared_settings_alone(
     assert result.steps <= 3 and seen and all(s[2] == 3 for s in seen if s[2])
     assert all((s[0], s[1]) == before for s in seen)  # never changed while training
     assert (shared.max_steps, shared.time_budget_s) == before
+
+
+def test_training_pauses_inside_a_step_not_only_between_steps(tiny_tokenizer):
+    """A step can take seconds on a slow CPU: a pause asked for while a step's forward runs holds
+    the next decoder layer until it is lifted, and training then finishes its steps."""
+    import threading
+
+    engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
+    model = trainer.create(make_tiny_model(tiny_tokenizer), _settings())
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    assert len(layers) >= 2
+    paused = threading.Event()
+    calls: list[tuple[float, int]] = []  # (when, layer index) of every decoder layer forward
+
+    def slow_first_layer(_m, _a, _o):  # the pause is asked for while layer 0 of step 2 runs
+        calls.append((time.monotonic(), 0))
+        if len([c for c in calls if c[1] == 0]) == 2:
+            time.sleep(0.3)
+            paused.set()
+            threading.Timer(1.0, paused.clear).start()
+            time.sleep(0.2)
+
+    layers[0].register_forward_hook(slow_first_layer)
+    layers[1].register_forward_hook(lambda _m, _a, _o: calls.append((time.monotonic(), 1)))
+    ex = [dataset.Example([{"role": "user", "content": "cat?"}], "Paris", "correction")]
+    result = trainer.train(model, tiny_tokenizer, engine.render, ex, _settings(steps=3),
+                           should_pause=paused.is_set)
+    second_step_layer0 = [t for t, i in calls if i == 0][1]
+    layer1_after = [t for t, i in calls if i == 1 and t > second_step_layer0][0]
+    assert layer1_after - second_step_layer0 >= 1.0, "layer 1 ran while the pause was asked for"
+    assert result.steps == 3 and not paused.is_set()

@@ -710,3 +710,44 @@ async def test_compose_sends_a_multi_line_message():
         turn = app.chat.journal.turn(app.chat.last_turn_id)
         assert turn.message == "First line\nSecond line"
         assert "Noted both." in log_text(app)
+
+
+async def test_typing_and_replies_pause_a_supernode_only_on_a_joined_device(home):
+    """After `federate join`, a key press in the prompt makes the device's idle guard say it is in
+    use, and the busy marker holds this process while a reply is generated; on a device that never
+    joined the TUI writes nothing under federated/."""
+    pytest.importorskip("flwr")
+    import os
+
+    from federated import config as config_mod
+    from federated.idle import IdleGuard, busy_marker
+
+    app = make(FakeEngine(["one two three four five six"], delay=0.15))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_idle(app, pilot)
+        await pilot.press("h", "i")
+        assert not (home / "federated").exists()
+    config_mod.record_join("127.0.0.1:9092", "general", True, None, home)
+    guard = IdleGuard(config_mod.FederatedConfig(idle_seconds=30.0, max_cpu_percent=100.0, require_mains=False))
+    old = time.time() - 3600
+    activity = home / "federated" / "activity"
+    app = make(FakeEngine(["one two three four five six"], delay=0.15))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_idle(app, pilot)
+        for f in [activity, *(home / "users").rglob("journal.sqlite3*")]:
+            if f.exists():
+                os.utime(f, (old, old))
+        assert guard.why_not() == ""
+        await pilot.press("h", "i")
+        assert "used" in guard.why_not()
+        app.query_one("#prompt").value = "hello there"
+        await pilot.press("enter")
+        seen = ""
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if busy_marker(home).exists():
+                seen = busy_marker(home).read_text()
+                break
+        assert seen == str(os.getpid()) and "generated" in guard.why_not()
+        await wait_idle(app, pilot)
+        assert not busy_marker(home).exists()

@@ -21,6 +21,7 @@ from textual.widgets import Footer, Header, Input, Static
 from assistant.errors import AssistantError
 from assistant.generation import CancelToken
 from assistant.settings import remember_choice, remembered_choice
+from federated.idle import Presence
 from tui.app_feedback import FeedbackMixin
 from tui.app_learning import LearningEvent, LearningMixin, round_summary  # noqa: F401 - re-exported
 from tui.app_loading import LoadingMixin
@@ -104,6 +105,8 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, FeedbackMixin, App):
         self.learning_progress: dict[tuple[str, str], dict[str, Any]] = {}  # rounds in progress, by (user, pack)
         self._manual_round: tuple[str, str] | None = None
         self._quitting = threading.Event()
+        # Tells a SuperNode on this machine (after `assistant federate join`) to pause its training.
+        self._presence = Presence()
         self._loading: Any = None  # a tui.loading.LoadProgress while the model loads
         if getattr(assistant, "_progress", "absent") is None:
             # Engine.load's messages (conversion, calibration) drive the status line.
@@ -204,6 +207,10 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, FeedbackMixin, App):
             self.query_one(ChatLog).mount(NoteMessage(text))
 
     # ------------------------------------------------------------------ chatting
+    @on(Input.Changed, "#prompt")
+    def _typing(self, event: Input.Changed) -> None:
+        self._presence.typing()
+
     @on(Input.Submitted, "#prompt")
     def submitted(self, event: Input.Submitted) -> None:
         self.send_text(event.value)
@@ -249,19 +256,20 @@ class AssistantApp(LearningMixin, NavMixin, LoadingMixin, FeedbackMixin, App):
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def generate(self, text: str, user_msg: UserMessage, answer: AssistantMessage, cancel: CancelToken) -> None:
         try:
-            reply = self.chat.send(text, cancel=cancel)
-            buffer: list[str] = []
-            last = time.monotonic()
-            self.call_from_thread(answer.start_stream)
-            for chunk in reply:
-                buffer.append(chunk)
-                now = time.monotonic()
-                if now - last >= 0.05:  # coalesce: at most ~20 UI updates a second
+            with self._presence.generating():  # a SuperNode on this machine leaves the CPU to the reply
+                reply = self.chat.send(text, cancel=cancel)
+                buffer: list[str] = []
+                last = time.monotonic()
+                self.call_from_thread(answer.start_stream)
+                for chunk in reply:
+                    buffer.append(chunk)
+                    now = time.monotonic()
+                    if now - last >= 0.05:  # coalesce: at most ~20 UI updates a second
+                        self.call_from_thread(answer.write, "".join(buffer))  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
+                        buffer.clear()
+                        last = now
+                if buffer:
                     self.call_from_thread(answer.write, "".join(buffer))  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
-                    buffer.clear()
-                    last = now
-            if buffer:
-                self.call_from_thread(answer.write, "".join(buffer))  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
         except Exception as exc:  # noqa: BLE001 - every failure is shown, none kills the app
             try:
                 self.call_from_thread(self._failed, text, user_msg, answer, exc)  # type: ignore[arg-type]  # mypy infers Never for textual's T | Awaitable[T] from a coroutine function
