@@ -11,18 +11,25 @@ from fastapi import Request
 
 from api.auth import resolve_user
 from api.errors import ApiError
+from federated.idle import Presence
 
 
 class Worker:
     """One thread for everything that touches the model, the memory stores or adapters
     (generation is serial anyway: the engine has one lock), so the event loop never blocks and
-    requests queue in arrival order."""
+    requests queue in arrival order. While it works, a SuperNode on this machine (after
+    `assistant federate join`) leaves the CPU to it: the busy marker is held."""
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assistant-api")
+        self.presence = Presence()
 
     async def run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        def call() -> Any:
+            with self.presence.generating():
+                return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
 
 @dataclass

@@ -367,3 +367,32 @@ def test_real_model_knows_the_capital_of_france(real_engine, home):
         )
     assert "Paris" in out.choices[0].message.content
     assert out.usage.completion_tokens > 0
+
+
+@pytest.mark.slow
+def test_a_request_holds_the_federated_busy_marker_on_a_joined_device(home, tiny_engine, keys):
+    """While the API generates, a SuperNode on this machine sees the busy marker (this process)."""
+    import os
+
+    pytest.importorskip("flwr")
+    from api import make_app
+    from assistant.core import Assistant
+    from federated import config as config_mod
+    from federated.idle import busy_marker
+
+    config_mod.record_join("127.0.0.1:9092", "general", True, None, home)
+    tiny_engine.context_tokens = 512
+    seen: list[str] = []
+    real_stream = tiny_engine.stream
+
+    def spy(*a, **kw):
+        seen.append(busy_marker(home).read_text() if busy_marker(home).exists() else "")
+        return real_stream(*a, **kw)
+
+    tiny_engine.stream = spy
+    assistant = Assistant(_settings(), engine=tiny_engine)
+    with Server(make_app(assistant)) as srv:
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json=_chat_body(), headers=_h(keys["all"]), timeout=60)
+        assert r.status_code == 200, r.text
+        assert seen and seen[0] == str(os.getpid())
+        assert not busy_marker(home).exists()
