@@ -396,3 +396,23 @@ def test_a_request_holds_the_federated_busy_marker_on_a_joined_device(home, tiny
         assert r.status_code == 200, r.text
         assert seen and seen[0] == str(os.getpid())
         assert not busy_marker(home).exists()
+
+
+@pytest.mark.slow
+def test_deep_json_and_lone_surrogates_are_answered_not_500(server, keys):
+    """JSON nested 2,000 deep is a 400 that says why; a lone surrogate (a JSON escape such as
+    \\ud800 that is no character) in a text field is replaced, and the request is answered."""
+    h = _h(keys["all"]) | {"Content-Type": "application/json"}
+    url = f"{server.url}/v1/chat/completions"
+    deep = b'{"model": "general", "messages": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    err = _error(httpx.post(url, content=deep, headers=h), 400)
+    assert err["code"] == "invalid_json"
+    body = b'{"model": "general", "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
+    r = httpx.post(url, content=body, headers=h, timeout=60)
+    assert r.status_code == 200, r.text
+    turn = server.assistant.journal(r.json()["user"]).turn(r.json()["turn_id"])
+    assert turn.message.startswith("hi ") and turn.message.endswith(" there") and "\ud800" not in turn.message
+    r = httpx.post(f"{server.url}/v1/memories", content=b'{"text": "My code word is \\udcff kiwi."}', headers=h, timeout=60)
+    assert r.status_code in (200, 201), r.text
+    listed = httpx.get(f"{server.url}/v1/memories", headers=_h(keys["all"]), timeout=60).json()
+    assert any("kiwi" in m["text"] for m in listed["data"])
