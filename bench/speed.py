@@ -2,6 +2,7 @@
 
     python -m bench.speed [--dtypes float32,bfloat16,auto] [--model default]
     python -m bench.speed --against llama-cpp [--rounds 3] [--threads 2]
+    python -m bench.speed --decode-threads 1,2 [--rounds 4]
 
 The first form runs each dtype setting in its own process (so peak RSS is its own): warm load,
 time to first token and decode tokens/s for a 64- and a 256-token reply, time to first token of
@@ -14,6 +15,11 @@ prints the medians and ratios: decode tok/s (256 new tokens, a LoRA-sized adapte
 weights), prefill tok/s (a cold ~700-token prompt), 5th-turn time to first token (the earlier
 turns' KV reused), engine load and peak RSS, with the load average. The numbers are noisy on a
 shared machine: compare the ratios of one run.
+
+``--decode-threads 1,2`` loads the engine once and decodes the same 128 tokens with each torch
+thread count in turn (the order alternating per round), to tell whether decoding, which is bound
+by memory traffic, gains from a second thread on this machine. Prints per-round tok/s, the
+medians and their ratio, with the load average.
 """
 
 from __future__ import annotations
@@ -107,6 +113,36 @@ def _dtype_table(args: argparse.Namespace) -> None:
     print(json.dumps(rows))
 
 
+def _decode_threads(counts: list[int], rounds: int) -> None:
+    import statistics
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch loads (docs/speed.md)
+    import torch
+
+    from assistant import settings as settings_mod
+    from assistant.engine import Engine
+    from assistant.generation import GenParams
+
+    before = os.getloadavg()
+    engine = Engine.load(settings_mod.load(env={}, overrides={"model.threads": max(counts)}))
+    engine.eos_ids = set()  # exactly 128 tokens each time
+    ids = engine.render([{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT + "Plan Monday."}])
+    engine.stream(ids, GenParams(temperature=0, max_new_tokens=8)).collect()  # warm-up
+    tps: dict[int, list[float]] = {n: [] for n in counts}
+    for r in range(rounds):
+        for n in counts if r % 2 == 0 else counts[::-1]:
+            torch.set_num_threads(n)
+            gen = engine.stream(ids, GenParams(temperature=0, max_new_tokens=128))
+            gen.collect()
+            tps[n].append(gen.stats.decode_tps)
+            print(f"round {r + 1}, {n} thread(s): decode {gen.stats.decode_tps:.1f} tok/s", flush=True)
+    medians = {n: statistics.median(v) for n, v in tps.items()}
+    base = medians[counts[-1]]
+    print(f"{engine.decode_path}, {len(ids)}-token prompt; load average {before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    for n in counts:
+        print(f"{n} thread(s): median decode {medians[n]:.1f} tok/s ({medians[n] / base:.2f}x of {counts[-1]} threads)")
+
+
 def _child(argv: list[str], env: dict[str, str]) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bench.speed", *argv], env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -122,6 +158,7 @@ def main() -> None:
     parser.add_argument("--against", choices=["llama-cpp"], help="side by side with another engine on the same GGUF")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--decode-threads", help="comma-separated torch thread counts to compare for decoding, e.g. 1,2")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
@@ -132,6 +169,8 @@ def main() -> None:
         print(json.dumps(against.run_side(args.side, Path(args.plan))))
     elif args.child:
         print(json.dumps(_one(args.child, args.model)))
+    elif args.decode_threads:
+        _decode_threads([int(n) for n in args.decode_threads.split(",")], max(2, args.rounds))
     elif args.against:
         from bench import against
 
