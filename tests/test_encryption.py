@@ -26,6 +26,9 @@ from tests.conftest import make_tiny_model
 PASS = "correct horse battery staple"
 SECRET = "ZEBRA9931"  # a locker code: in turns, a correction, memories, an export
 SISTER = "Ingeborg"
+# Needles are searched for in any case inside base64 ciphertext, where a short word turns up by
+# chance (a 4-letter one about once per megabyte): every searched word is 8 letters or more.
+CITY = "Lillehammer"
 
 
 pytestmark = pytest.mark.slow  # processes, servers, the terminal UI or the real embedder at every step
@@ -63,7 +66,7 @@ def _fill(home: Path, tiny_tokenizer, settings) -> dict:
     store.add(f"My locker code is {SECRET}.", "fact", attribute="my:locker code", source_turn=t1.id)
     store.add(f"My sister's name is {SISTER}.", "fact", attribute="my:sister's name")
     store.add("I live in Paris.", "fact", attribute="residence")
-    store.add("I live in Lyon.", "fact", attribute="residence")
+    store.add(f"I live in {CITY}.", "fact", attribute="residence")
     memories = sorted((m.id, m.text, m.attribute, m.superseded_by) for m in store.list(include_superseded=True))
     store.close()
     adapters = AdapterStore("alice", "general")
@@ -103,7 +106,7 @@ def test_with_encryption_on_no_user_text_is_readable_anywhere(home, tiny_engine,
     assistant.forget_user_handles("alice")
     export = home / "export.json"
     assert main(["memory", "export", "--user", "alice", "--out", str(export)]) == 0
-    for needle in (SECRET, SISTER, "locker code", "sister's name", "Lyon"):
+    for needle in (SECRET, SISTER, "locker code", "sister's name", CITY):
         assert _files_with(home, needle) == [], needle
     # ...and everything reads back through the program
     back = _read_back(settings)
@@ -136,8 +139,8 @@ def test_turning_encryption_on_then_off_keeps_every_turn_memory_and_adapter(home
     out = capsys.readouterr().out
     assert "alice: journal encrypted, memories encrypted, 1 adapter version(s) encrypted" in out
     assert len(held.list()) == 3  # it reopened the converted store, with the key
-    bees = held.add("I keep bees in Tromsø.", "fact")
-    assert _files_with(home, SECRET) == [] and _files_with(home, SISTER) == [] and _files_with(home, "bees") == []
+    bees = held.add("I keep beehives in Tromsø.", "fact")
+    assert _files_with(home, SECRET) == [] and _files_with(home, SISTER) == [] and _files_with(home, "beehives") == []
     held.forget([bees.id])
     held.close()
     assert not list(home.rglob("*.convert")) and not list(home.rglob("memory.old"))
@@ -299,11 +302,11 @@ def test_a_damaged_vector_index_is_rebuilt_from_the_sealed_records(home, encrypt
         f.unlink()
     store = MemoryStore("alice", encrypted.memory)
     assert store.search("What is my sister called?", k=1)[0].text == f"My sister's name is {SISTER}."
-    lyon = store.add("I live in Nantes.", "fact", attribute="residence")  # supersedes Lyon by its token
-    assert [m.text for m in store.list() if "live in" in m.text] == [lyon.text]
+    moved = store.add("I live in Montpellier.", "fact", attribute="residence")  # supersedes the city by its token
+    assert [m.text for m in store.list() if "live in" in m.text] == [moved.text]
     store.close()
     assert "rebuilt it from the store's 4 records" in capsys.readouterr().err
-    assert _files_with(home, SISTER) == [] and _files_with(home, "Nantes") == []
+    assert _files_with(home, SISTER) == [] and _files_with(home, "Montpellier") == []
 
 
 def test_forgetting_reaches_an_encrypted_journal_and_store(home, encrypted):
