@@ -90,7 +90,7 @@ _FACT_VERB = re.compile(
     r"(am|'m|are|'re|have|'ve|has|had|got|own|rent|live|lived|work|worked|study|studied|cook|speak|drive|"
     r"use|take|was|were|run|teach|earn|grew up|come from|moved|became|became|go|attend|train|play|keep|volunteer|"
     r"sleep|suffer|need|can'?t|cannot|don'?t|do not|never|changed|switched|upgraded|quit|stopped|gave up|no longer|"
-    r"only|want|want to|bought|sold|adopted|got|married|retired|joined)\b",
+    r"only|want|want to|bought|sold|adopted|got|married|retired|joined|turned)\b",
     re.I,
 )
 _SPLIT = re.compile(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?;])\s+|\n+")
@@ -119,18 +119,21 @@ class Extracted:
 
 
 _ATTRIBUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bcook for (\w+)|\b(family|household) of (\w+)|\bthere are (\w+) of us\b", re.I), "household_size"),
     (re.compile(r"\b(live|living|moved|reside|based|from|grew up|home is|relocated)\b.*\b(in|to)\b", re.I), "residence"),
     (re.compile(r"\b(work|job|employ\w*|career|profession|am an? \w+ (nurse|teacher|engineer|developer|lawyer|doctor|chef))\b|\bi'?m an? (nurse|teacher|engineer|developer|lawyer|doctor|chef|student|accountant|designer|manager|programmer|writer|farmer|driver|retired)\b", re.I), "job"),
     (re.compile(r"\b(vegetarian|vegan|pescatarian|keto|paleo|plant-based|eat meat|eat fish|omnivore)\b", re.I), "diet"),
-    (re.compile(r"\bcook for (\w+)|\b(family|household) of (\w+)|\bthere are (\w+) of us\b", re.I), "household_size"),
     (re.compile(r"\bbudget\b", re.I), "budget"),
     (re.compile(r"\b(married|divorced|single|engaged|widowed)\b", re.I), "marital_status"),
     (re.compile(r"\b(answers?|replies|responses|keep it)\b.*\b(short|brief|long|detailed|sentences?|words?)\b", re.I), "answer_length"),
     (re.compile(r"\b(fahrenheit|celsius|metric|imperial)\b", re.I), "units"),
     (re.compile(r"\b(call me|my name is|i'?m called)\b", re.I), "name"),
-    (re.compile(r"\b(years? old|i'?m \d{1,3}\b|born in)\b", re.I), "age"),
+    (re.compile(r"\b(years? old|i'?m \d{1,3}\b|born in|turned \d{1,3}\b)", re.I), "age"),
 ]
-_NAMED_ATTR = re.compile(r"\bmy ((?:\w+'s )?\w+(?: \w+)?) (?:is|are|was) (?!not\b)", re.I)
+# "my new GP is ..." names the same thing as "my GP is ...": the change words are not part of it
+_NAMED_ATTR = re.compile(
+    r"\bmy (?:(?:new|current|latest|present|usual|regular) )?((?:\w+'s )?\w+(?: \w+)?) "
+    r"(?:is|are|was|has become) (?!not\b)", re.I)
 _ALLERGY = re.compile(r"\ballerg\w* (?:to )?(\w+(?: \w+)?)|\b(\w+) allergy\b|\bintolerant to (\w+)|\b(\w+) intoleran", re.I)
 
 
@@ -235,6 +238,7 @@ _CLAUSE = re.compile(
     r"|\s*(?:,\s*)?\band\s+(?=(?:live|work|have|cook|use|own|speak|drive|eat|study|teach|rent|keep|take)\b)",
     re.I,
 )
+_AUXILIARY = re.compile(r"\b(is|are|was|were|has|have|had|does|do|did|can|will|would|'s|'re|'ve)\b", re.I)
 _NAME_ONLY = re.compile(r"^(?i:hi|hello|hey)?[,!\s]*(?i:i'?m|i am|my name is|this is|call me)\s+([A-Z][a-z]+(?: [A-Z][a-z]+)?)[.!]?$")
 _BACK_REFERENCE = re.compile(r"\b(it|its|them|this|that|these|those|there|one|him|her)\b", re.I)
 
@@ -250,10 +254,18 @@ def _clauses(sentence: str) -> list[str]:
     out = [parts[0]]
     for part in parts[1:]:
         part = part.strip()
+        if re.match(r"^(?:my|our)\b", part, re.I) and not _AUXILIARY.search(part) and len(part.split()) < 4:
+            out[-1] = f"{out[-1].rstrip()} and {part}"  # "I cook for me and my wife": "my wife" is not a clause
+            continue
         if not re.match(r"^(?:also\s+)?(?:i|i'm|i've|i'd|we|we're|we've|my|our)\b", part, re.I):
             part = "I " + part
         out.append(part[0].upper() + part[1:])
     return [p for p in out if len(p.split()) >= 2]
+
+
+def clauses(message: str) -> list[str]:
+    """``message`` cut the way extraction reads it: sentences, then clauses with their own subject."""
+    return [c.strip() for s in _sentences(message) for c in _clauses(s) if c.strip()]
 
 
 def extract(message: str, hints: Sequence[str] = ()) -> list[Extracted]:

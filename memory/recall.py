@@ -23,6 +23,7 @@ thresholded, deduplicated and kept within a token budget.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -52,8 +53,10 @@ _EXPAND: dict[str, tuple[str, ...]] = {
     "allergy": ("allerg", "intoleran"),
     "eat": ("eat", "vegetarian", "vegan", "pescatarian", "diet", "meat", "food", "halal", "kosher", "gluten"),
     "diet": ("diet", "eat", "vegetarian", "vegan", "pescatarian", "keto", "halal", "kosher"),
-    "job": ("job", "work", "works", "worked", "career", "profession", "employ"),
-    "work": ("work", "job", "career", "employ", "profession"),
+    "job": ("job", "work", "works", "worked", "career", "profession", "employ", "freelance"),
+    "work": ("work", "job", "career", "employ", "profession", "freelance"),
+    "household": ("household", "family", "people", "us", "live", "cook", "kid", "child", "children"),
+    "home": ("home", "house", "flat", "apartment", "condo", "rent", "own", "live", "mortgage"),
     "do": (),
     "budget": ("budget", "spend", "dollar", "pound", "euro", "week", "month"),
     "spend": ("budget", "spend", "dollar", "pound", "euro"),
@@ -141,21 +144,64 @@ def query_terms(question: str) -> set[str]:
     return terms
 
 
+# A memory this similar to a question about the user answers it without a word in common (MiniLM
+# cosine; below it, unrelated statements of the same shape score up to ~0.35).
+STRONG_SIMILARITY = 0.4
+# A memory is quoted beside the best one only when it scores within this margin of it.
+SECOND_MEMORY_MARGIN = 0.35
+_NAME_Q = re.compile(r"\b(name|called|named)\b|^\s*who\b", re.I)
+_AMOUNT_Q = re.compile(r"^\s*(how much|how old|what age)\b|\b(how much|how many)\b(?! people)", re.I)
+_NUMBER_WORD = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|twenty|thirty|"
+                          r"forty|fifty|hundred|thousand|half|twice|once|single|a couple)\b", re.I)
+_NOT_NAMES = frozenset("""i i'm i've i'd i'll my we we're we've our the a an on in at hi hello hey so and but big good
+    news it this that just also quick update he she they you your yes no oh well ok okay btw by please""".split())
+
+
+def answer_type(question: str) -> str:
+    """What an answer to ``question`` must contain: "name" (a proper name), "amount" (a number),
+    or "" (anything)."""
+    if _NAME_Q.search(question):
+        return "name"
+    if _AMOUNT_Q.search(question):
+        return "amount"
+    return ""
+
+
+def has_answer_type(text: str, wanted: str) -> bool:
+    if wanted == "amount":
+        return _NUMBER_WORD.search(text) is not None
+    if wanted == "name":
+        words = re.findall(r"\b[A-Z][\w'.-]*", text)
+        return any(w.lower().rstrip(".,'") not in _NOT_NAMES for w in words)
+    return True
+
+
 def relevance(question: str, memories: Sequence[Any], similarities: Sequence[float]) -> list[Scored]:
     """Score each memory for the question; only those with enough evidence are returned, best first."""
     terms = query_terms(question)
     focus = focus_terms(question)
     focus |= {stem(x) for f in list(focus) for x in _EXPAND.get(f, ())}
     out: list[Scored] = []
+    wanted = answer_type(question)
+    possessive = any("'s " in m.group(1) for m in _MY_NP.finditer(question.replace("’", "'")))
     for memory, sim in zip(memories, similarities, strict=False):
-        text_stems = _stems(content_words(episode_text(memory.text)))
+        words = episode_text(memory.text)
+        text_stems = _stems(content_words(words))
         hits = _matches(terms, text_stems)
         focus_hit = bool(focus and _matches(focus, text_stems))
-        if focus:
-            # the thing asked about must be mentioned, unless the rest of the question matches well
-            ok = (focus_hit and sim >= 0.15) or (len(hits) >= 1 and sim >= 0.45) or sim >= 0.75
+        if wanted and not has_answer_type(words, wanted):
+            continue  # "my neighbour's name": a memory about the neighbour without a name does not answer it
+        if focus and possessive:
+            # the person asked about must be mentioned ("my sister's name" is not "My name is Alice")
+            ok = (focus_hit and sim >= 0.15) or sim >= 0.75
+        elif focus:
+            # the thing asked about is mentioned, or the memory is close in meaning ("What was my
+            # job?" ~ "I was a warehouse supervisor.")
+            ok = (focus_hit and sim >= 0.15) or sim >= 0.45
         else:
-            ok = (len(hits) >= 1 and sim >= 0.25) or (len(hits) >= 2 and sim >= 0.15) or sim >= 0.7
+            # the question's words, or a close meaning ("What health condition do I have?" ~ "I
+            # have type 2 diabetes": no word in common, cosine 0.44)
+            ok = (len(hits) >= 1 and sim >= 0.25) or (len(hits) >= 2 and sim >= 0.15) or sim >= STRONG_SIMILARITY
         if ok:
             out.append(Scored(memory, sim, len(hits), focus_hit, sim + 0.08 * len(hits) + (0.2 if focus_hit else 0.0)))
     out.sort(key=lambda s: -s.score)
@@ -183,14 +229,21 @@ def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scor
     candidates = store.search(question, k=pool, kinds=("fact", "preference", "episode"))
     if not candidates:
         return []
-    turns_with_facts = {m.source_turn for m in store.list(kinds=("fact", "preference"), include_superseded=True)
-                        if m.source_turn}
+    told: dict[str, list[str]] = {}  # turn -> the facts extracted from it (superseded ones too)
+    for m in store.list(kinds=("fact", "preference"), include_superseded=True):
+        if m.source_turn:
+            told.setdefault(m.source_turn, []).append(m.text)
     kept = []
     for m in candidates:
         if m.kind == "episode":
             words = episode_text(m.text)
-            if m.source_turn in turns_with_facts or is_question(words):
+            if is_question(words):
                 continue
+            if m.source_turn in told:
+                rest = untold(words, told[m.source_turn])
+                if not rest:
+                    continue
+                m = dataclasses.replace(m, text=rest)
         kept.append(m)
     scored = relevance(question, kept, [m.similarity or 0.0 for m in kept])
     chosen: list[Scored] = []
@@ -204,9 +257,56 @@ def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scor
         if attr:
             seen_attr.add(attr)
         chosen.append(s)
-        if len(chosen) >= k:
-            break
-    return chosen
+    terms = query_terms(question)
+    chosen = [s for s in chosen if not any(replaces(o.memory, s.memory, terms) for o in chosen if o is not s)]
+    # a far weaker one is only near the topic ("How many people do I cook for?" ~ "My locker code
+    # at the cooking school is 5812"): it is not quoted beside the answer
+    if chosen:
+        best = max(s.score for s in chosen)
+        chosen = [s for s in chosen if s.score >= best - SECOND_MEMORY_MARGIN]
+    return chosen[:k]
+
+
+# A statement that something changed ("I now ...", "my new GP", "raised my rent to", "instead of").
+_CHANGE = re.compile(
+    r"\b(now|new|moved|switched|changed|raised|lowered|increased|reduced|went (up|down)|instead|no longer|"
+    r"any ?more|stopped|left|quit|traded|turned|became|update[ds]?|upgraded|replaced)\b", re.I)
+# ...unless it adds to what was said ("I'm now also allergic to shellfish").
+_ADDITION = re.compile(r"\b(also|too|as well|another|second|in addition|besides)\b", re.I)
+
+
+def replaces(newer: Any, older: Any, terms: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+    """Whether memory ``newer`` states a change to what ``older`` says, so that an answer gives
+    only the newer one: it was said in a later turn, says that something changed (and not that
+    something was added), and is about the same thing (see below); and their attributes, where
+    both have one, are the same.
+    ("I'm 20 weeks pregnant" / "I'm 26 weeks now": the same; "I'm allergic to peanuts" / "I'm now
+    allergic to shellfish too": two allergies.)"""
+    if (newer.created or 0) <= (older.created or 0) or (newer.source_turn and newer.source_turn == older.source_turn):
+        return False
+    new_text, old_text = episode_text(newer.text), episode_text(older.text)
+    if not _CHANGE.search(new_text) or _ADDITION.search(new_text):
+        return False
+    if newer.attribute and older.attribute and newer.attribute != older.attribute:
+        return False
+    new_stems, old_stems = _stems(content_words(new_text)), _stems(content_words(old_text))
+    new_hits, old_hits = _matches(terms, new_stems), _matches(terms, old_stems)
+    # the same thing: a word in common, a word of the question in both, or the older only resembles
+    # the question while the newer names it ("I rent in Los Angeles" / "I've moved to Portland")
+    return bool(new_stems & old_stems) or bool(new_hits & old_hits) or bool(new_hits and not old_hits)
+
+
+def untold(words: str, facts: Sequence[str]) -> str:
+    """The part of a user's turn that the facts extracted from it do not say: its clauses with a
+    content word that none of the facts has ("I'm 45 and I cycle to work every day", with the fact
+    "I'm 45." -> "I cycle to work every day."). Extraction keeps only the statement shapes it knows;
+    the rest of the turn stays recallable this way, while a clause a fact stands for (and so a
+    superseded value) does not come back through its episode."""
+    from memory.extract import clauses
+
+    known = _stems(w for f in facts for w in content_words(f))
+    rest = [c for c in clauses(words) if not is_question(c) and _stems(content_words(c)) - known]
+    return " ".join(c if c.endswith((".", "!")) else c + "." for c in rest)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -80,6 +80,49 @@ def test_relevance_needs_evidence_of_the_thing_asked():
     assert recall.relevance("Which city do I live in?", moved, [0.3])
 
 
+def test_a_later_change_replaces_what_it_changed_and_an_addition_does_not():
+    weeks = _mem("I'm 20 weeks pregnant.", updated=1.0)
+    assert recall.replaces(_mem("Quick update: I'm 26 weeks now.", "m2", updated=2.0), weeks)
+    assert not recall.replaces(weeks, _mem("Quick update: I'm 26 weeks now.", "m2", updated=2.0))  # older
+    peanuts = _mem("I'm allergic to peanuts.", attribute="allergy:peanut", updated=1.0)
+    assert not recall.replaces(_mem("I'm now allergic to shellfish too.", "m2", attribute="allergy:shellfish",
+                                    updated=2.0), peanuts)
+    assert not recall.replaces(_mem("I now work at Bakery Luna.", "m2", updated=2.0), _mem("I have a gas oven.", updated=1.0))
+    dose = _mem("On 2026-01-01 (in Doctor) you wrote: I take 5 mg of amlodipine.", kind="episode", updated=1.0)
+    assert recall.replaces(_mem("They raised my amlodipine to 10 mg.", "m2", updated=2.0), dose)
+
+
+def test_a_new_named_thing_has_the_attribute_of_the_old_one():
+    from memory.extract import attribute_of
+
+    assert attribute_of("My dentist is Dr. Park.") == attribute_of("Since the move, my new dentist is Dr. Osei.")
+    assert attribute_of("I'm 52 and retired.") == attribute_of("I turned 53 on Sunday.") == "age"
+
+
+def test_the_part_of_a_turn_no_fact_says_stays_recallable():
+    # extraction kept the age; the commute is still there to be found
+    assert recall.untold("I'm 45 and I cycle to work every day.", ["I'm 45."]) == "I cycle to work every day."
+    # every clause is a fact (one of them superseded later): nothing comes back through the turn
+    assert recall.untold("I live in Paris and I have a small gas oven.", ["I live in Paris.", "I have a small gas oven."]) == ""
+
+
+def test_a_question_for_a_name_or_an_amount_needs_one_in_the_memory():
+    fence = _mem("My neighbour built a fence on my side of the property line.")
+    assert recall.relevance("What is my neighbour's name?", [fence], [0.52]) == []
+    named = _mem("My neighbour Tomasz built a fence on my side.", "m2")
+    assert recall.relevance("What is my neighbour's name?", [named], [0.5])
+    renting = _mem("I rent a house in New South Wales.")
+    assert recall.relevance("How much rent do I pay?", [renting], [0.52]) == []
+    assert recall.relevance("How much rent do I pay?", [_mem("My rent is 1,400 dollars a month.", "m2")], [0.6])
+
+
+def test_a_close_meaning_answers_without_a_shared_word_but_not_for_someone_else():
+    diabetes = _mem("I have type 2 diabetes.")
+    assert recall.relevance("What health condition do I have?", [diabetes], [0.44])
+    assert recall.relevance("What health condition do I have?", [diabetes], [0.3]) == []
+    assert recall.relevance("What is my wife's name?", [_mem("My name is Ben.")], [0.5]) == []
+
+
 # Conversations in many styles (not the rule-shaped sentences extraction was written for): each
 # statement is stored the way the chat stores a turn, then asked about in other words.
 _STYLES = [
@@ -107,3 +150,26 @@ def test_natural_statements_are_recalled_for_questions_in_other_words(home, said
     assert found and expect.lower() in recall.episode_text(found[0].memory.text).lower()
     # and a question about something never said finds nothing
     assert recall.personal(store, "What is my blood type?") == []
+
+
+_CHANGES = [
+    (["My dentist is Dr. Park.", "We changed surgeries, so my new dentist is Dr. Osei."], "Who is my dentist?", "Osei", "Park"),
+    (["I take 5 mg of amlodipine every morning.", "My cardiologist raised my amlodipine to 10 mg."],
+     "How much amlodipine do I take?", "10 mg", "5 mg"),
+    (["I'm 31 weeks into my training plan.", "Small update: I'm 33 weeks in now."], "How many weeks into my plan am I?", "33", "31"),
+]
+
+
+@pytest.mark.parametrize("said, asked, new, old", _CHANGES)
+@pytest.mark.slow
+def test_after_a_change_only_the_new_value_is_recalled(home, said, asked, new, old):
+    from assistant.settings import MemorySettings
+    from memory.store import MemoryStore
+
+    store = MemoryStore("changes", MemorySettings())
+    for i, text in enumerate(said):
+        store.learn_from_message(text, pack="general", turn_id=f"t{i}")
+        store.add(f"On 2026-01-0{i + 1} (in General) you wrote: {text}", "episode", pack="general",
+                  source_turn=f"t{i}", supersede=False)
+    texts = [recall.episode_text(s.memory.text) for s in recall.personal(store, asked)]
+    assert any(new in t for t in texts) and not any(old in t for t in texts), texts

@@ -174,6 +174,15 @@ def test_extraction_meets_precision_and_recall_targets():
         assert result["recall"] >= 0.8, result
 
 
+def test_a_clause_without_a_verb_stays_with_the_one_before():
+    said = [(x.text, x.attribute) for x in extract("I have type 2 diabetes and I cook for me and my husband.")]
+    assert said == [("I have type 2 diabetes.", ""), ("I cook for me and my husband.", "household_size")]
+    assert [x.text for x in extract("I live in Porto and my brother lives in Faro.")] == [
+        "I live in Porto.", "My brother lives in Faro."]
+    # someone moving in is a change of household, not of the user's city
+    assert extract("My dad has moved in with us, so now I cook for five.")[0].attribute == "household_size"
+
+
 def test_episodes_are_recalled_for_what_did_we_talk_about(store):
     store.add("On 2026-11-20 (in Chef) you wrote: how do I make sourdough bread?", "episode", supersede=False)
     store.add("I am vegetarian.", "preference")
