@@ -82,6 +82,7 @@ class Engine:
         self.prefill_dtype = prefill_dtype
         self.decode_dtype = decode_dtype
         self.lock = threading.RLock()
+        self.decode_threads = 0  # torch threads while decoding (0: as for prefill); see calibration
         self._models: dict[str, Any] = {}
         self._int8_layers: dict[str, Any] = {}  # parameter name -> Int8Linear of the int8 model
         if prefill_dtype == "int8":
@@ -148,12 +149,14 @@ class Engine:
         if known is not None:
             prefill = known["prefill"] if prefill == "auto" else prefill
             decode = known["decode"] if decode == "auto" else decode
+        decode_threads = known.get("decode_threads", 0) if known else 0
         # Load straight in the prefill dtype when it is known (no float32 copy on the way).
         model, tokenizer = model_store.load_folder(resolved.folder, prefill if prefill != "auto" else "float32")
         if "auto" in (prefill, decode):
             best = calibrate(model, resolved.folder, say)
             prefill = best["prefill"] if prefill == "auto" else prefill
             decode = best["decode"] if decode == "auto" else decode
+            decode_threads = best.get("decode_threads", 0)
         if template:
             path = Path(template).expanduser()
             if not path.is_file():
@@ -171,10 +174,13 @@ class Engine:
         )
         if engine._decoder is not None and quantized is None:
             write_quantized(resolved.folder, engine._decoder.state())
+        # threads the user set apply to both phases; otherwise decode uses what was measured faster
+        engine.decode_threads = 0 if settings.model.threads else int(decode_threads)
         engine.load_seconds = time.perf_counter() - t0
         engine.convert_seconds = resolved.seconds
         engine.folder = resolved.folder
-        say(f"ready: prefill {prefill}, decode {decode} ({engine.decode_path})")
+        on = f", {engine.decode_threads} thread(s)" if engine.decode_threads else ""
+        say(f"ready: prefill {prefill}, decode {decode} ({engine.decode_path}{on})")
         return engine
 
     def _end_of_turn_ids(self, model: Any) -> set[int]:
@@ -265,6 +271,9 @@ class Engine:
             stats.finish_reason = "length"
             t_first = None
             kv: StaticKV | None = None  # the fast path's KV buffer once decoding started
+            prefill_threads = torch.get_num_threads()
+            if self.decode_threads and self.decode_threads != prefill_threads:
+                torch.set_num_threads(self.decode_threads)
             try:
                 while True:
                     if cancel is not None and cancel.cancelled:
@@ -301,6 +310,8 @@ class Engine:
                         logits = self._forward(self.decode_dtype, [token], cache)
                     session.ids.append(token)
             finally:
+                if torch.get_num_threads() != prefill_threads:
+                    torch.set_num_threads(prefill_threads)
                 if kv is not None:  # the conversation keeps the decoded tokens' KV too
                     session.cache = kv.to_cache(self.config, _dtype(self.prefill_dtype))
                     session.ids = session.ids[: kv.length]

@@ -165,6 +165,38 @@ def test_calibration_measured_under_load_is_measured_again_when_quiet(tmp_path, 
     assert not any("calibration" in m for m in said)  # quiet result: kept
 
 
+def test_decode_runs_on_the_thread_count_calibration_chose_and_prefill_keeps_all(tmp_path, tiny_tokenizer, home, monkeypatch):
+    import json
+
+    import torch
+
+    from assistant import calibration
+    from assistant import settings as settings_mod
+
+    folder = tmp_path / "tiny"
+    make_tiny_model(tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    s = settings_mod.load(env={}, overrides={"model.name": str(folder)})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = Engine.load(s)
+        (entry,) = json.loads((folder / calibration.CALIBRATION_FILE).read_text()).values()
+        assert entry["decode_threads"] in (1, 2)
+        assert all("decode_token_s_1_thread" in t for t in entry["timings"].values())
+        engine.decode_threads = 1  # as if one thread had measured faster
+        seen = []
+        gen = engine.stream(engine.render(MSGS), GenParams(temperature=0, max_new_tokens=6))
+        for _ in gen:
+            seen.append(torch.get_num_threads())
+        assert seen and set(seen) == {1}  # while decoding
+        assert torch.get_num_threads() == 2  # back for the next prefill
+        # threads the user set are used for both phases
+        assert Engine.load(settings_mod.load(env={}, overrides={"model.name": str(folder), "model.threads": 2})).decode_threads == 0
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.real
 def test_real_model_decodes_with_the_fast_step_and_starts_from_the_caches(real_models_dir, home):
     import resource
