@@ -27,7 +27,12 @@ _ADVICE = re.compile(
     r"\b(should|could|can|may|might|shall|would|must) (i|we)\b|\bhow (do|can|should|would|could) (i|we)\b"
     r"(?! (usually|normally|always|typically))|\bis it (ok|okay|safe|fine|bad|alright|possible)\b|"
     r"\b(suggest|recommend|give me|make me|help me|show me|teach me|explain|ideas?|recipe)\b|\bfor (me|us)\b|"
-    r"\bwhat (can|should|could) i\b|\bi('m| am) (making|cooking|roasting|baking|going|planning|thinking|trying)\b",
+    r"\bwhat (can|should|could) i\b|\bi('m| am) (making|cooking|roasting|baking|going|planning|thinking|trying)\b|"
+    # what one must or may do, what happens if, why something happens: advice, not a fact about the user
+    r"\b(do|does|would|will) (i|we) (have to|need|get to)\b|\b(am|are) (i|we) (bound|allowed|entitled|required|obliged|"
+    r"liable|responsible|protected|covered|supposed)\b|^\s*(can|could|may|must) (my|a|an|the|they|he|she|someone)\b|"
+    r"\bif (i|we)\b|\bwhat happens\b|\bhelps? (me|us)\b|\bshould (it|they|this|that|he|she)\b|^\s*why\b|"
+    r"^\s*(who|what|which) can\b",
     re.I,
 )
 _SELF_QUESTION = re.compile(

@@ -15,6 +15,7 @@ from memory import recall
     "Where do I live?", "What's my sister's name?", "How many people do I usually cook for?",
     "What kind of oven do I have?", "What am I allergic to?", "Do you remember my dog's name?",
     "Which city do I live in?", "What is my weekly grocery budget?", "Where do I live, and what do I eat?",
+    "What do I take for my migraines?", "How old am I?", "Who is my dentist?", "What car do I drive?",
 ])
 def test_questions_about_the_user_are_personal(q):
     assert grounding.is_personal_question(q)
@@ -25,6 +26,11 @@ def test_questions_about_the_user_are_personal(q):
     "What should I make tonight?", "Suggest a dinner for me.", "I'm vegetarian and I live in Oslo.",
     "I'm roasting a pork loin joint. At what core temperature is it safe to eat?",
     "Can I freeze cooked rice?", "Is it safe for me to take ibuprofen?",
+    # what one must or may do, what happens if: questions about the domain that mention the user
+    "Do I have to tell my employer about a second job?", "Am I allowed to record my own phone calls?",
+    "Can my employer read my work email?", "What happens to my pension if I move abroad?",
+    "Why does my bread come out dense?", "My fridge has no thermometer; what temperature should it be at?",
+    "Do I need a prescription for my travel vaccines?", "Who can witness my will?",
 ])
 def test_advice_and_statements_are_not_personal(q):
     assert not grounding.is_personal_question(q)
