@@ -205,7 +205,15 @@ def check_numbers(answer: str, support: Iterable[str]) -> NumberCheck:
     return NumberCheck(" ".join(kept), withheld)
 
 
+WITHHELD_NOTE = re.compile(r"\(I left out (?:a figure|\d+ figures) that my notes do not support\.\)")
+
+
 def withheld_note(nums: Sequence[str]) -> str:
     """Said when sentences were withheld (the figures themselves are not repeated: they may be wrong)."""
     n = len(dict.fromkeys(nums))
     return f"(I left out {'a figure' if n == 1 else f'{n} figures'} that my notes do not support.)"
+
+
+def stated_numbers(answer: str) -> set[str]:
+    """The numbers an answer states as facts (the count in the withheld-figures note is not one)."""
+    return numbers(WITHHELD_NOTE.sub(" ", answer))

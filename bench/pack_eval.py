@@ -38,7 +38,7 @@ def run_pack(assistant: Any, pack_id: str, limit: int | None, max_tokens: int) -
             reply = chat.send(probe["ask"], temperature=0, max_new_tokens=max_tokens, seed=0)
             answer = reply.collect()
             passed = check(answer, probe.get("expect_any", ()), probe.get("expect_all", ()), probe.get("forbid", ()))
-            unsupported = sorted(grounding.numbers(answer) - set().union(*(grounding.numbers(s) for s in _support(pack, probe, reply))))
+            unsupported = sorted(grounding.stated_numbers(answer) - set().union(*(grounding.numbers(s) for s in _support(pack, probe, reply))))
             row[variant] = {"answer": answer, "passed": passed, "unsupported_numbers": unsupported,
                             "grounding": reply.grounding, "sources": [s.get("file", s["id"]) for s in reply.sources]}
         rows.append(row)

@@ -62,6 +62,8 @@ def test_numbers_check_withholds_unsupported_sentences():
     assert grounding.check_numbers("1. Wash it.\n2. Dry it.", []).withheld == []  # list markers are no figures
     note = grounding.withheld_note(["70"])
     assert "70" not in note and "left out" in note
+    # the audit of an answer's figures does not count the note's own count as one
+    assert grounding.stated_numbers("Cook it to 74 °C. " + grounding.withheld_note(["70", "68", "60"])) == {"74"}
 
 
 def test_sentence_limit_from_style():
