@@ -2,8 +2,9 @@
 
 - ``calibrate`` times prefill and decode per dtype on this machine (the fastest differs per phase
   and per CPU), and decode on one thread as well (``decode_threads``: a decode token is small
-  work, and with two threads the hand-offs can cost more than the second core gives), and caches the result in the model folder, keyed by CPU model, thread count, torch
-  version and the decode paths measured. The 1-minute load average is recorded with it: a result
+  work, and with two threads the hand-offs can cost more than the second core gives). It caches
+  the result in the model folder, keyed by CPU model, thread count, torch version and the decode
+  paths measured. The 1-minute load average is recorded with it: a result
   measured on a busy machine is measured again once the machine is quieter (``cached_calibration``).
 - ``read_quantized`` / ``write_quantized`` keep the int8 decode weights on disk next to the model,
   stamped with the weights file they came from, so a start does not quantize again.

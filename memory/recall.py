@@ -28,7 +28,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Sequence
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOP = frozenset(
@@ -115,7 +115,7 @@ def focus_terms(question: str) -> set[str]:
     return out
 
 
-def _matches(terms: set[str], text_stems: set[str]) -> set[str]:
+def _matches(terms: AbstractSet[str], text_stems: AbstractSet[str]) -> set[str]:
     """Question stems found in the memory (prefix match both ways for short variants)."""
     hits = set()
     for t in terms:
@@ -150,7 +150,7 @@ STRONG_SIMILARITY = 0.4
 # A memory is quoted beside the best one only when it scores within this margin of it.
 SECOND_MEMORY_MARGIN = 0.35
 _NAME_Q = re.compile(r"\b(name|called|named)\b|^\s*who\b", re.I)
-_AMOUNT_Q = re.compile(r"^\s*(how much|how old|what age)\b|\b(how much|how many)\b(?! people)", re.I)
+_AMOUNT_Q = re.compile(r"^\s*(how old|what age)\b|\bhow much\b|\bhow many\b(?! people)", re.I)
 _NUMBER_WORD = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|twenty|thirty|"
                           r"forty|fifty|hundred|thousand|half|twice|once|single|a couple)\b", re.I)
 _NOT_NAMES = frozenset("""i i'm i've i'd i'll my we we're we've our the a an on in at hi hello hey so and but big good
@@ -275,7 +275,7 @@ _CHANGE = re.compile(
 _ADDITION = re.compile(r"\b(also|too|as well|another|second|in addition|besides)\b", re.I)
 
 
-def replaces(newer: Any, older: Any, terms: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+def replaces(newer: Any, older: Any, terms: AbstractSet[str] = frozenset()) -> bool:
     """Whether memory ``newer`` states a change to what ``older`` says, so that an answer gives
     only the newer one: it was said in a later turn, says that something changed (and not that
     something was added), and is about the same thing (see below); and their attributes, where
