@@ -84,6 +84,17 @@ _MEDICAL_FACT = re.compile(
     r"medication|prescri\w*|inhaler|epipen|condition|metformin|insulin|warfarin|statins?)\b",
     re.I,
 )
+# Long-term conditions people name when they talk about their health (for recall, not extraction).
+_CONDITION = re.compile(
+    r"\b(hypertension|arthritis|epilep\w*|migraines?|eczema|psoriasis|crohn'?s|colitis|ibs|copd|depression|anxiety|"
+    r"adhd|autism|thyroid|hypothyroid\w*|cancer|gout|ana?emi[ac]|cholesterol|heart (disease|condition|failure)|"
+    r"kidney disease|sleep apno?ea|lupus|osteoporosis|multiple sclerosis|parkinson'?s|dementia|endometriosis|"
+    r"pcos|fibromyalgia|glaucoma|tinnitus|hiv|hepatitis)\b", re.I)
+
+
+def states_health(text: str) -> bool:
+    """Whether ``text`` names a health condition, an allergy, a pregnancy or a medicine."""
+    return _MEDICAL_FACT.search(text) is not None or _CONDITION.search(text) is not None
 _FACT_VERB = re.compile(
     r"^(?:and |but |also,? |so )?(?:i|we|me and \w+|my partner and i)(?:'m| am|'ve| have| had|'d| was| were| are|'re)?\s*"
     r"(?:also |now |just |recently |currently |still |actually )?"
@@ -121,7 +132,8 @@ class Extracted:
 _ATTRIBUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bcook for (\w+)|\b(family|household) of (\w+)|\bthere are (\w+) of us\b", re.I), "household_size"),
     (re.compile(r"\b(live|living|moved|reside|based|from|grew up|home is|relocated)\b.*\b(in|to)\b", re.I), "residence"),
-    (re.compile(r"\b(work|job|employ\w*|career|profession|am an? \w+ (nurse|teacher|engineer|developer|lawyer|doctor|chef))\b|\bi'?m an? (nurse|teacher|engineer|developer|lawyer|doctor|chef|student|accountant|designer|manager|programmer|writer|farmer|driver|retired)\b", re.I), "job"),
+    (re.compile(r"\bi (?:now |also |still )?teach\b|\bteach(?:es|ing)? (?:\w+ ){0,2}(?:classes|lessons|courses)\b|"
+                r"\b(work|job|employ\w*|career|profession|am an? \w+ (nurse|teacher|engineer|developer|lawyer|doctor|chef))\b|\bi'?m an? (nurse|teacher|engineer|developer|lawyer|doctor|chef|student|accountant|designer|manager|programmer|writer|farmer|driver|retired)\b", re.I), "job"),
     (re.compile(r"\b(vegetarian|vegan|pescatarian|keto|paleo|plant-based|eat meat|eat fish|omnivore)\b", re.I), "diet"),
     (re.compile(r"\bbudget\b", re.I), "budget"),
     (re.compile(r"\b(married|divorced|single|engaged|widowed)\b", re.I), "marital_status"),

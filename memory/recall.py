@@ -30,6 +30,10 @@ import time
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Callable, Iterable, Sequence
 
+from memory.changes import asks_about_past, current_part, only_past, replaces
+
+__all__ = ["personal", "relevance", "rank", "replaces", "untold", "note_sentences", "episode_text"]
+
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOP = frozenset(
     """a an the of to in on at for from by with about as and or but if so than then that this these those
@@ -157,6 +161,40 @@ _NOT_NAMES = frozenset("""i i'm i've i'd i'll my we we're we've our the a an on 
     news it this that just also quick update he she they you your yes no oh well ok okay btw by please""".split())
 
 
+# What a question asks about, as extraction names it: a memory extracted with that attribute
+# answers it whatever its words ("What is my trade?" ~ "I'm a self-employed electrician", job).
+_ASKED_ATTRIBUTE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\b(work|job|trade|profession|career|occupation|for a living|employ\w*)\b", re.I), "job"),
+    (re.compile(r"\b(live|living(?<!a living)|reside|based|home ?town)\b|\bwhat (city|town|country)\b", re.I), "residence"),
+    (re.compile(r"\b(diet|eat meat|eat fish)\b|\bwhat do (i|we) eat\b", re.I), "diet"),
+    (re.compile(r"\b(how old|my age|what age)\b", re.I), "age"),
+    (re.compile(r"\bwhat(?:'s| is) my name\b|\bam i called\b|\bmy (first |last )?name\b(?!')", re.I), "name"),
+    (re.compile(r"\b(how many (people|of us)|household|family of)\b", re.I), "household_size"),
+    (re.compile(r"\b(married|marital|single|spouse)\b", re.I), "marital_status"),
+    (re.compile(r"\bbudget\b", re.I), "budget"),
+]
+# A question about the user's health: a memory stating a condition, an allergy or a medicine answers
+# it ("What medical condition do I have?" ~ "I have coeliac disease": cosine 0.19, no word shared).
+_OTHER = re.compile(r"\b(?:my|our) (?:\w+ )?(?:wife|husband|partner|spouse|son|daughter|kids?|children|child|baby|mum|mom|"
+                    r"mother|dad|father|parents?|brother|sister|siblings?|friend|boss|manager|colleague|neighbou?r|"
+                    r"landlord|landlady|tenant|flatmate|roommate|grand\w+|aunt|uncle|cousin|niece|nephew|fianc\w*|"
+                    r"boyfriend|girlfriend|employer|employee|client|doctor|gp|dentist|lawyer)\b", re.I)
+_HEALTH_Q = re.compile(r"\b(condition|medical|health|diagnos\w*|illness|disease|chronic)\b", re.I)
+
+
+def asked_attributes(question: str) -> set[str]:
+    return {name for pattern, name in _ASKED_ATTRIBUTE if pattern.search(question)}
+
+
+def _on_topic(question: str, asked: AbstractSet[str], memory: Any, words: str) -> bool:
+    """Whether the memory states what the question asks about (by attribute or, for health, by what it names)."""
+    from memory.extract import states_health
+
+    if memory.attribute and memory.attribute in asked:
+        return True
+    return bool(_HEALTH_Q.search(question)) and states_health(words)
+
+
 def answer_type(question: str) -> str:
     """What an answer to ``question`` must contain: "name" (a proper name), "amount" (a number),
     or "" (anything)."""
@@ -184,6 +222,8 @@ def relevance(question: str, memories: Sequence[Any], similarities: Sequence[flo
     out: list[Scored] = []
     wanted = answer_type(question)
     possessive = any("'s " in m.group(1) for m in _MY_NP.finditer(question.replace("’", "'")))
+    # the user's own attributes, not another person's ("What does my husband do for a living?")
+    asked = asked_attributes(question) if not (possessive or _OTHER.search(question)) else set()
     for memory, sim in zip(memories, similarities, strict=False):
         words = episode_text(memory.text)
         text_stems = _stems(content_words(words))
@@ -191,6 +231,9 @@ def relevance(question: str, memories: Sequence[Any], similarities: Sequence[flo
         focus_hit = bool(focus and _matches(focus, text_stems))
         if wanted and not has_answer_type(words, wanted):
             continue  # "my neighbour's name": a memory about the neighbour without a name does not answer it
+        if sim >= 0.1 and _on_topic(question, asked, memory, words):
+            out.append(Scored(memory, sim, len(hits), True, sim + 0.08 * len(hits) + 0.2))
+            continue
         if focus and possessive:
             # the person asked about must be mentioned ("my sister's name" is not "My name is Alice")
             ok = (focus_hit and sim >= 0.15) or sim >= 0.75
@@ -258,42 +301,50 @@ def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scor
             seen_attr.add(attr)
         chosen.append(s)
     terms = query_terms(question)
+    chosen = _newest(chosen, kept, terms)
     chosen = [s for s in chosen if not any(replaces(o.memory, s.memory, terms) for o in chosen if o is not s)]
     # a far weaker one is only near the topic ("How many people do I cook for?" ~ "My locker code
     # at the cooking school is 5812"): it is not quoted beside the answer
     if chosen:
         best = max(s.score for s in chosen)
         chosen = [s for s in chosen if s.score >= best - SECOND_MEMORY_MARGIN]
+    if not asks_about_past(question):
+        chosen = _as_of_now(chosen)
     return chosen[:k]
 
 
-# A statement that something changed ("I now ...", "my new GP", "raised my rent to", "instead of").
-_CHANGE = re.compile(
-    r"\b(now|new|moved|switched|changed|raised|lowered|increased|reduced|went (up|down)|instead|no longer|"
-    r"any ?more|stopped|left|quit|traded|turned|became|update[ds]?|upgraded|replaced)\b", re.I)
-# ...unless it adds to what was said ("I'm now also allergic to shellfish").
-_ADDITION = re.compile(r"\b(also|too|as well|another|second|in addition|besides)\b", re.I)
+# A later statement this similar to the question takes the place of the one it changed.
+CHANGE_MIN_SIMILARITY = 0.2
 
 
-def replaces(newer: Any, older: Any, terms: AbstractSet[str] = frozenset()) -> bool:
-    """Whether memory ``newer`` states a change to what ``older`` says, so that an answer gives
-    only the newer one: it was said in a later turn, says that something changed (and not that
-    something was added), and is about the same thing (see below); and their attributes, where
-    both have one, are the same.
-    ("I'm 20 weeks pregnant" / "I'm 26 weeks now": the same; "I'm allergic to peanuts" / "I'm now
-    allergic to shellfish too": two allergies.)"""
-    if (newer.created or 0) <= (older.created or 0) or (newer.source_turn and newer.source_turn == older.source_turn):
-        return False
-    new_text, old_text = episode_text(newer.text), episode_text(older.text)
-    if not _CHANGE.search(new_text) or _ADDITION.search(new_text):
-        return False
-    if newer.attribute and older.attribute and newer.attribute != older.attribute:
-        return False
-    new_stems, old_stems = _stems(content_words(new_text)), _stems(content_words(old_text))
-    new_hits, old_hits = _matches(terms, new_stems), _matches(terms, old_stems)
-    # the same thing: a word in common, a word of the question in both, or the older only resembles
-    # the question while the newer names it ("I rent in Los Angeles" / "I've moved to Portland")
-    return bool(new_stems & old_stems) or bool(new_hits & old_hits) or bool(new_hits and not old_hits)
+def _newest(chosen: list[Scored], candidates: Sequence[Any], terms: AbstractSet[str]) -> list[Scored]:
+    """Each chosen memory, or the latest later statement that changed it though it shares fewer
+    words with the question ("What race am I training for?": "I'm training for a 10K race" ->
+    "I signed up for a half marathon instead of the 10K")."""
+    out: list[Scored] = []
+    for s in chosen:
+        later = [c for c in candidates if (c.similarity or 0.0) >= CHANGE_MIN_SIMILARITY and replaces(c, s.memory, terms)]
+        if later:
+            newest = max(later, key=lambda c: c.updated or c.created)
+            s = Scored(newest, newest.similarity or 0.0, s.overlap, s.focus_hit, s.score)
+        if all(o.memory.id != s.memory.id for o in out):
+            out.append(s)
+    return out
+
+
+def _as_of_now(chosen: list[Scored]) -> list[Scored]:
+    """For a question about now: what is over is not quoted beside what is now, and a change
+    statement is quoted without its old value (see ``memory.changes``)."""
+    if any(not only_past(episode_text(s.memory.text)) for s in chosen):
+        chosen = [s for s in chosen if not only_past(episode_text(s.memory.text))]
+    out = []
+    for s in chosen:
+        body = episode_text(s.memory.text)
+        now = current_part(body)
+        if now != body:
+            s = dataclasses.replace(s, memory=dataclasses.replace(s.memory, text=s.memory.text[: len(s.memory.text) - len(body)] + now))
+        out.append(s)
+    return out
 
 
 def untold(words: str, facts: Sequence[str]) -> str:
@@ -306,7 +357,7 @@ def untold(words: str, facts: Sequence[str]) -> str:
 
     known = _stems(w for f in facts for w in content_words(f))
     rest = [c for c in clauses(words) if not is_question(c) and _stems(content_words(c)) - known]
-    return " ".join(c if c.endswith((".", "!")) else c + "." for c in rest)
+    return " ".join(c if c.endswith((".", "!")) else c.rstrip(",;:- ") + "." for c in rest)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -127,8 +127,54 @@ def test_a_question_for_a_name_or_an_amount_needs_one_in_the_memory():
 def test_a_close_meaning_answers_without_a_shared_word_but_not_for_someone_else():
     diabetes = _mem("I have type 2 diabetes.")
     assert recall.relevance("What health condition do I have?", [diabetes], [0.44])
-    assert recall.relevance("What health condition do I have?", [diabetes], [0.3]) == []
+    assert recall.relevance("What health condition do I have?", [_mem("I cycle to work every day.")], [0.3]) == []
     assert recall.relevance("What is my wife's name?", [_mem("My name is Ben.")], [0.5]) == []
+
+
+def test_a_memory_that_states_what_is_asked_answers_it_in_any_words():
+    # a health question: any named condition answers it (cosine 0.19, no word shared)
+    assert recall.relevance("What medical condition do I have?", [_mem("I have coeliac disease.")], [0.19])
+    # the question asks for the attribute extraction gave the memory
+    electrician = _mem("I'm a self-employed electrician.", attribute="job")
+    assert recall.relevance("What is my trade?", [electrician], [0.2])
+    assert recall.relevance("What kind of diet do I follow?", [_mem("I'm pescatarian.", attribute="diet")], [0.2])
+    # ...the user's own, not another person's
+    assert recall.relevance("What does my husband do for a living?", [_mem("I live in Dublin.", attribute="residence")], [0.2]) == []
+    assert recall.relevance("What does my husband do for a living?", [electrician], [0.2]) == []
+
+
+def test_an_answer_about_now_quotes_what_is_now():
+    from memory.changes import asks_about_past, current_part, only_past
+
+    assert current_part("I moved from Brooklyn to Queens.") == "I moved to Queens."
+    assert current_part("We've moved from Cork to Galway to be near family.") == "We've moved to Galway to be near family."
+    assert current_part("I signed up for a half marathon instead of the 10K.") == "I signed up for a half marathon."
+    assert current_part("My fixed term ended and I'm on a periodic lease now.") == "I'm on a periodic lease now."
+    assert current_part("I left the ramen bar. I now teach cooking classes.") == "I now teach cooking classes."
+    assert current_part("I live in Oslo and I have a gas oven.") == "I live in Oslo and I have a gas oven."
+    assert only_past("I've stopped doing keto.") and only_past("I traded the Focus in;")
+    assert not only_past("I'm following a Mediterranean diet now.")
+    assert asks_about_past("Where did I live before?") and not asks_about_past("How old am I?")
+
+
+def test_a_later_change_takes_the_place_of_what_it_changed_though_it_is_less_like_the_question(home):
+    from assistant.settings import MemorySettings
+    from memory.store import MemoryStore
+
+    store = MemoryStore("changes", MemorySettings())
+    try:
+        for n, text in enumerate(["I'm training for a 10K race.", "My GP is Dr. Alvarez.",
+                                  "I signed up for a half marathon instead of the 10K.", "I'm vegetarian.",
+                                  "I've stopped doing keto. I'm following a Mediterranean diet now."]):
+            store.learn_from_message(text, pack="doctor", turn_id=f"t{n}")
+            store.add(f"On 2026-01-01 (in Doctor) you wrote: {text}", "episode", pack="doctor",
+                      source_turn=f"t{n}", supersede=False)
+        race = " ".join(recall.episode_text(s.memory.text) for s in recall.personal(store, "What race am I training for?"))
+        assert "half marathon" in race and "10K" not in race
+        diet = " ".join(recall.episode_text(s.memory.text) for s in recall.personal(store, "What diet do I follow now?"))
+        assert "Mediterranean" in diet and "keto" not in diet
+    finally:
+        store.close()
 
 
 # Conversations in many styles (not the rule-shaped sentences extraction was written for): each
