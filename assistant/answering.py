@@ -128,14 +128,11 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
         notes_base = store.knowledge(chat.pack.id, chat.pack.knowledge_files())
         chunks = [c for c in notes_base.query(text, 4) if (c.similarity or 0) >= NOTE_MIN_SIMILARITY]
         if grounding.is_question(text) and chunks:
-            best = recall.note_sentences(store.embedder, text, chunks, top=2)
-            lead = [b for b in best if b.similarity >= LEAD_MIN_SIMILARITY]
-            if len(lead) > 1 and lead[1].score < lead[0].score - LEAD_SECOND_MARGIN:
-                lead = lead[:1]
+            lead = _lead(store.embedder, notes_base, text, chunks)
             if lead:
                 plan.lead = " ".join(b.text for b in lead)
                 order = list(dict.fromkeys(b.memory.id for b in lead))
-                by_id = {c.id: c for c in chunks}
+                by_id = {c.id: c for c in chunks} | {b.memory.id: b.memory for b in lead}
                 notes = [by_id[i] for i in order] + [c for c in chunks if c.id not in order][:1]
         elif chunks:
             notes = chunks[:1]
@@ -145,6 +142,40 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
     # Everything the model was shown can be in its answer (the lead's notes first): all are sources.
     plan.used = list(plan.recalled)
     return plan
+
+
+# "What is the difference between a will and a power of attorney?": an answer needs both.
+_COMPARED = re.compile(r"\b(?:difference|differences|distinction) between (.+?) and (.+?)\s*[?.!]*$|"
+                       r"^(?:what is |what's )?(.+?) (?:vs\.?|versus) (.+?)\s*[?.!]*$", re.I)
+
+
+def compared(question: str) -> list[str]:
+    """The two things a question compares ("a will", "a power of attorney"), or []."""
+    m = _COMPARED.search(question.strip())
+    if not m:
+        return []
+    return [g.strip() for g in m.groups() if g]
+
+
+def _lead(embedder: Any, notes_base: Any, text: str, chunks: Sequence[Any]) -> list[Any]:
+    """The notes' sentences an answer to ``text`` starts with: the best one or two; for a
+    comparison, the best about each of the two things compared."""
+    from memory import recall
+
+    things = compared(text)
+    if things:
+        lead: list[Any] = []
+        for thing in things:
+            found = [c for c in notes_base.query(thing, 3) if (c.similarity or 0) >= NOTE_MIN_SIMILARITY]
+            best = recall.note_sentences(embedder, f"What is {thing}?", found, top=1)
+            lead += [b for b in best if b.similarity >= LEAD_MIN_SIMILARITY and b.text not in {x.text for x in lead}]
+        if len(lead) == len(things):
+            return lead
+    best = recall.note_sentences(embedder, text, chunks, top=2)
+    lead = [b for b in best if b.similarity >= LEAD_MIN_SIMILARITY]
+    if len(lead) > 1 and lead[1].score < lead[0].score - LEAD_SECOND_MARGIN:
+        lead = lead[:1]
+    return lead
 
 
 def _sentences(text: str) -> int:

@@ -365,6 +365,9 @@ def split_sentences(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+_PRONOUN_LED = re.compile(r"^(it|its|this|these|that|those|they|their|them|he|she|such)\b", re.I)
+
+
 @dataclass
 class NoteSentence:
     text: str
@@ -386,9 +389,15 @@ def note_sentences(embedder: Any, question: str, chunks: Sequence[Any], top: int
         body = chunk.text[m.end():] if m else chunk.text
         heading = chunk.citation.partition(" > ")[2] if getattr(chunk, "citation", "") else ""
         context = " - ".join(x for x in (title, heading) if x)
-        for sent in split_sentences(body):
+        previous = ""
+        for raw in split_sentences(body):
+            led = bool(_PRONOUN_LED.match(raw))
+            # "It can cover money ..." says nothing without the sentence that says what "it" is
+            sent = f"{previous} {raw}" if led and previous else raw
             if 2 <= len(sent.split()) <= 80:  # list items such as "France: Paris." count
                 items.append((sent, f"{context}: {sent}" if context else sent, chunk))
+            if not led:
+                previous = raw
     if not items:
         return []
     vectors = embedder.embed([question] + [ctx for _, ctx, _ in items])

@@ -227,3 +227,21 @@ def test_after_a_change_only_the_new_value_is_recalled(home, said, asked, new, o
                   source_turn=f"t{i}", supersede=False)
     texts = [recall.episode_text(s.memory.text) for s in recall.personal(store, asked)]
     assert any(new in t for t in texts) and not any(old in t for t in texts), texts
+
+
+def test_a_comparison_names_both_things_and_a_pronoun_keeps_its_antecedent():
+    from assistant.answering import compared
+
+    assert compared("What is the main difference between a will and a power of attorney?") == ["a will", "a power of attorney"]
+    assert compared("Baking soda vs baking powder?") == ["Baking soda", "baking powder"]
+    assert compared("How long do I boil an egg?") == []
+
+    class Embedder:  # the question's vector is (1, 0); a sentence about attorneys is close to it
+        def embed(self, texts):
+            return [[1.0, 0.0]] + [[0.9, 0.436] if "attorney" in t else [0.0, 1.0] for t in texts[1:]]
+
+    chunk = SimpleNamespace(text="Power of attorney: A power of attorney lets another person act for you. It can cover "
+                                 "money and property.", citation="power-of-attorney.md > What it is", similarity=0.6, id="k1")
+    best = recall.note_sentences(Embedder(), "What can a power of attorney cover?", [chunk], top=2)
+    assert all(b.text.startswith("A power of attorney") for b in best)
+    assert any("money and property" in b.text for b in best)
