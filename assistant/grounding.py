@@ -42,7 +42,8 @@ _SELF_QUESTION = re.compile(
 )
 _QUESTION = re.compile(
     r"\?\s*$|^(what|which|who|whom|whose|when|where|why|how|is|are|am|was|were|do|does|did|have|has|can|could|"
-    r"remind|tell me)\b", re.I,
+    r"remind|tell me|describe|define|explain|compare)\b|"
+    r"^(name|list) (a|an|the|some|one|two|three|four|five|\d+|any|my|all|every)\b", re.I,
 )
 
 

@@ -15,6 +15,7 @@ from memory import recall
     "Where do I live?", "What's my sister's name?", "How many people do I usually cook for?",
     "What kind of oven do I have?", "What am I allergic to?", "Do you remember my dog's name?",
     "Which city do I live in?", "What is my weekly grocery budget?", "Where do I live, and what do I eat?",
+    "List my allergies.",
     "What do I take for my migraines?", "How old am I?", "Who is my dentist?", "What car do I drive?",
 ])
 def test_questions_about_the_user_are_personal(q):
@@ -31,6 +32,7 @@ def test_questions_about_the_user_are_personal(q):
     "Can my employer read my work email?", "What happens to my pension if I move abroad?",
     "Why does my bread come out dense?", "My fridge has no thermometer; what temperature should it be at?",
     "Do I need a prescription for my travel vaccines?", "Who can witness my will?",
+    "Explain my rights as a tenant.",
 ])
 def test_advice_and_statements_are_not_personal(q):
     assert not grounding.is_personal_question(q)
@@ -245,3 +247,10 @@ def test_a_comparison_names_both_things_and_a_pronoun_keeps_its_antecedent():
     best = recall.note_sentences(Embedder(), "What can a power of attorney cover?", [chunk], top=2)
     assert all(b.text.startswith("A power of attorney") for b in best)
     assert any("money and property" in b.text for b in best)
+
+
+def test_a_request_for_information_is_a_question():
+    assert grounding.is_question("Name a grain that is naturally gluten-free.")
+    assert grounding.is_question("Describe how a Section 8 notice works.")
+    assert not grounding.is_question("Name's Bob, by the way.")
+    assert not grounding.is_question("I live in Oslo.")
