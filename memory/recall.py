@@ -179,7 +179,8 @@ _OTHER = re.compile(r"\b(?:my|our) (?:\w+ )?(?:wife|husband|partner|spouse|son|d
                     r"mother|dad|father|parents?|brother|sister|siblings?|friend|boss|manager|colleague|neighbou?r|"
                     r"landlord|landlady|tenant|flatmate|roommate|grand\w+|aunt|uncle|cousin|niece|nephew|fianc\w*|"
                     r"boyfriend|girlfriend|employer|employee|client|doctor|gp|dentist|lawyer)\b", re.I)
-_HEALTH_Q = re.compile(r"\b(condition|medical|health|diagnos\w*|illness|disease|chronic)\b", re.I)
+_HEALTH_Q = re.compile(r"\b(conditions?|illness(es)?|diseases?|diagnos\w*)\b|"
+                       r"\b(medical|health) (problems?|issues?|history)\b", re.I)
 
 
 def asked_attributes(question: str) -> set[str]:
