@@ -145,8 +145,9 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
 
 
 # "What is the difference between a will and a power of attorney?": an answer needs both.
-_COMPARED = re.compile(r"\b(?:difference|differences|distinction) between (.+?) and (.+?)\s*[?.!]*$|"
-                       r"^(?:what is |what's )?(.+?) (?:vs\.?|versus) (.+?)\s*[?.!]*$", re.I)
+_COMPARED = re.compile(r"\b(?:difference|differences|distinction) between ([^,?]+?) and ([^,?]+?)"
+                       r"(?=\s*(?:,|\band (?:which|what|how|who|should|do|does|is|can)\b|[?.!]|$))|"
+                       r"((?:[\w'-]+ ){0,2}[\w'-]+) (?:vs\.?|versus) ([^,?.!]+)", re.I)
 
 
 def compared(question: str) -> list[str]:
@@ -173,7 +174,9 @@ def _lead(embedder: Any, notes_base: Any, text: str, chunks: Sequence[Any]) -> l
             return lead
     best = recall.note_sentences(embedder, text, chunks, top=2)
     lead = [b for b in best if b.similarity >= LEAD_MIN_SIMILARITY]
-    if len(lead) > 1 and lead[1].score < lead[0].score - LEAD_SECOND_MARGIN:
+    if len(lead) > 1 and lead[0].text in lead[1].text:
+        lead = lead[1:]  # "X" and "X It ...": the one that holds the other
+    elif len(lead) > 1 and (lead[1].score < lead[0].score - LEAD_SECOND_MARGIN or lead[1].text in lead[0].text):
         lead = lead[:1]
     return lead
 

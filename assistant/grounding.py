@@ -47,8 +47,15 @@ _QUESTION = re.compile(
 )
 
 
+# "List the ingredients in grams from now on." is an instruction for every answer, not a question.
+_STANDING = re.compile(r"\b(from now on|always|never|every time|in future|going forward)\b", re.I)
+
+
 def is_question(text: str) -> bool:
-    return _QUESTION.search(text.strip()) is not None
+    t = text.strip()
+    if _QUESTION.search(t) is None:
+        return False
+    return t.endswith("?") or not _STANDING.search(t)
 
 
 def is_personal_question(text: str) -> bool:

@@ -94,7 +94,9 @@ _CONDITION = re.compile(
 
 def states_health(text: str) -> bool:
     """Whether ``text`` names a health condition, an allergy, a pregnancy or a medicine."""
-    return _MEDICAL_FACT.search(text) is not None or _CONDITION.search(text) is not None
+    # "in great condition" is about a car; a named condition or "a heart condition" is health
+    bare = re.sub(r"\b(medical )?conditions?\b", "", text, flags=re.I)
+    return _MEDICAL_FACT.search(bare) is not None or _CONDITION.search(text) is not None
 _FACT_VERB = re.compile(
     r"^(?:and |but |also,? |so )?(?:i|we|me and \w+|my partner and i)(?:'m| am|'ve| have| had|'d| was| were| are|'re)?\s*"
     r"(?:also |now |just |recently |currently |still |actually )?"
@@ -132,7 +134,8 @@ class Extracted:
 _ATTRIBUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bcook for (\w+)|\b(family|household) of (\w+)|\bthere are (\w+) of us\b", re.I), "household_size"),
     (re.compile(r"\b(live|living|moved|reside|based|from|grew up|home is|relocated)\b.*\b(in|to)\b", re.I), "residence"),
-    (re.compile(r"\bi (?:now |also |still )?teach\b|\bteach(?:es|ing)? (?:\w+ ){0,2}(?:classes|lessons|courses)\b|"
+    (re.compile(r"\b(?:i|we) (?:now |also |still )?teach (?!(?:my|myself|him|her|them|us|me|our|kids to)\b)|"
+                r"\bi'?m (?:now )?(?:a )?teach(?:ing|er)\b|"
                 r"\b(work|job|employ\w*|career|profession|am an? \w+ (nurse|teacher|engineer|developer|lawyer|doctor|chef))\b|\bi'?m an? (nurse|teacher|engineer|developer|lawyer|doctor|chef|student|accountant|designer|manager|programmer|writer|farmer|driver|retired)\b", re.I), "job"),
     (re.compile(r"\b(vegetarian|vegan|pescatarian|keto|paleo|plant-based|eat meat|eat fish|omnivore)\b", re.I), "diet"),
     (re.compile(r"\bbudget\b", re.I), "budget"),

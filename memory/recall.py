@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Callable, Iterable, Sequence
 
-from memory.changes import asks_about_past, current_part, only_past, replaces
+from memory.changes import asks_about_past, current_part, only_past, replaces, strongly_changes
 
 __all__ = ["personal", "relevance", "rank", "replaces", "untold", "note_sentences", "episode_text"]
 
@@ -164,27 +164,38 @@ _NOT_NAMES = frozenset("""i i'm i've i'd i'll my we we're we've our the a an on 
 # What a question asks about, as extraction names it: a memory extracted with that attribute
 # answers it whatever its words ("What is my trade?" ~ "I'm a self-employed electrician", job).
 _ASKED_ATTRIBUTE: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\b(work|job|trade|profession|career|occupation|for a living|employ\w*)\b", re.I), "job"),
-    (re.compile(r"\b(live|living(?<!a living)|reside|based|home ?town)\b|\bwhat (city|town|country)\b", re.I), "residence"),
-    (re.compile(r"\b(diet|eat meat|eat fish)\b|\bwhat do (i|we) eat\b", re.I), "diet"),
-    (re.compile(r"\b(how old|my age|what age)\b", re.I), "age"),
+    (re.compile(r"\b(job|trade|profession|career|occupation|for a living|employer|employed)\b|\bfor work\b|"
+                r"\b(do|did) (i|we) work\b(?! out)|\bwhat do (i|we) do\b(?! (for|about|with|if|when|to)\b)", re.I), "job"),
+    (re.compile(r"\b(live|living(?<!a living)|reside)\b|\bwhere am i based\b|\bhome ?town\b|"
+                r"\bwhat (city|town|country|state|part of \w+(?: \w+)?) (do|am) (i|we)\b", re.I), "residence"),
+    (re.compile(r"\bdiet\b|\bdo (i|we) eat (meat|fish)\b", re.I), "diet"),
+    (re.compile(r"\bhow old am i\b|\bmy age\b|\bwhat age am i\b", re.I), "age"),
     (re.compile(r"\bwhat(?:'s| is) my name\b|\bam i called\b|\bmy (first |last )?name\b(?!')", re.I), "name"),
     (re.compile(r"\b(how many (people|of us)|household|family of)\b", re.I), "household_size"),
-    (re.compile(r"\b(married|marital|single|spouse)\b", re.I), "marital_status"),
+    (re.compile(r"\b(am i|are we) (married|single|engaged|divorced)\b|\bmarital\b", re.I), "marital_status"),
     (re.compile(r"\bbudget\b", re.I), "budget"),
 ]
-# A question about the user's health: a memory stating a condition, an allergy or a medicine answers
-# it ("What medical condition do I have?" ~ "I have coeliac disease": cosine 0.19, no word shared).
 _OTHER = re.compile(r"\b(?:my|our) (?:\w+ )?(?:wife|husband|partner|spouse|son|daughter|kids?|children|child|baby|mum|mom|"
                     r"mother|dad|father|parents?|brother|sister|siblings?|friend|boss|manager|colleague|neighbou?r|"
                     r"landlord|landlady|tenant|flatmate|roommate|grand\w+|aunt|uncle|cousin|niece|nephew|fianc\w*|"
-                    r"boyfriend|girlfriend|employer|employee|client|doctor|gp|dentist|lawyer)\b", re.I)
-_HEALTH_Q = re.compile(r"\b(conditions?|illness(es)?|diseases?|diagnos\w*)\b|"
-                       r"\b(medical|health) (problems?|issues?|history)\b", re.I)
+                    r"boyfriend|girlfriend|employer|employee|client|dog|cat|pet|horse)\b", re.I)
+# A question about the user's health: a memory stating a condition, an allergy or a medicine answers
+# it ("What medical condition do I have?" ~ "I have coeliac disease": cosine 0.19, no word shared).
+_HEALTH_Q = re.compile(r"\b(conditions?|illness(es)?|diseases?)\b.*\b(do|did) (i|we) (have|suffer|live)\b|"
+                       r"\b(medical|health) (problems?|issues?|history|conditions?)\b|\b(am|was|were) (i|we) diagnosed\b", re.I)
 
 
 def asked_attributes(question: str) -> set[str]:
-    return {name for pattern, name in _ASKED_ATTRIBUTE if pattern.search(question)}
+    """The attributes a question about the user asks for; none when it asks about someone else's,
+    or names a thing of the user's that no attribute is ("Does my medication work?")."""
+    q = question.replace("’", "'")
+    if _OTHER.search(q):
+        return set()
+    asked = {name for pattern, name in _ASKED_ATTRIBUTE if pattern.search(q)}
+    for m in _MY_NP.finditer(q):
+        if not any(pattern.search("my " + m.group(1)) for pattern, _ in _ASKED_ATTRIBUTE):
+            return set()
+    return asked
 
 
 def _on_topic(question: str, asked: AbstractSet[str], memory: Any, words: str) -> bool:
@@ -193,7 +204,8 @@ def _on_topic(question: str, asked: AbstractSet[str], memory: Any, words: str) -
 
     if memory.attribute and memory.attribute in asked:
         return True
-    return bool(_HEALTH_Q.search(question)) and states_health(words)
+    own = not _OTHER.search(question.replace("’", "'"))
+    return own and bool(_HEALTH_Q.search(question)) and states_health(words)
 
 
 def answer_type(question: str) -> str:
@@ -302,7 +314,7 @@ def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scor
             seen_attr.add(attr)
         chosen.append(s)
     terms = query_terms(question)
-    chosen = _newest(chosen, kept, terms)
+    chosen = _newest(chosen, scored, kept, terms, answer_type(question))
     chosen = [s for s in chosen if not any(replaces(o.memory, s.memory, terms) for o in chosen if o is not s)]
     # a far weaker one is only near the topic ("How many people do I cook for?" ~ "My locker code
     # at the cooking school is 5812"): it is not quoted beside the answer
@@ -310,7 +322,7 @@ def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scor
         best = max(s.score for s in chosen)
         chosen = [s for s in chosen if s.score >= best - SECOND_MEMORY_MARGIN]
     if not asks_about_past(question):
-        chosen = _as_of_now(chosen)
+        chosen = _as_of_now(chosen, _stems(content_words(question)))  # the question's own words
     return chosen[:k]
 
 
@@ -318,13 +330,26 @@ def personal(store: Any, question: str, k: int = 3, pool: int = 40) -> list[Scor
 CHANGE_MIN_SIMILARITY = 0.2
 
 
-def _newest(chosen: list[Scored], candidates: Sequence[Any], terms: AbstractSet[str]) -> list[Scored]:
-    """Each chosen memory, or the latest later statement that changed it though it shares fewer
-    words with the question ("What race am I training for?": "I'm training for a 10K race" ->
-    "I signed up for a half marathon instead of the 10K")."""
+def _newest(chosen: list[Scored], scored: Sequence[Scored], candidates: Sequence[Any], terms: AbstractSet[str],
+            wanted: str) -> list[Scored]:
+    """Each chosen memory, or the latest later statement that changed it: one that answers the
+    question too, or one that names what the chosen one said (a word of it the question does not
+    have) and says it changed, though it is less like the question ("What race am I training
+    for?": "I'm training for a 10K race" -> "I signed up for a half marathon instead of the 10K")."""
+    relevant = {id(s.memory) for s in scored}
     out: list[Scored] = []
     for s in chosen:
-        later = [c for c in candidates if (c.similarity or 0.0) >= CHANGE_MIN_SIMILARITY and replaces(c, s.memory, terms)]
+        old_words = _stems(content_words(episode_text(s.memory.text)))
+        later = []
+        for c in candidates:
+            if (c.similarity or 0.0) < CHANGE_MIN_SIMILARITY or not replaces(c, s.memory, terms):
+                continue
+            words = episode_text(c.text)
+            if wanted and not has_answer_type(words, wanted):
+                continue
+            names_old = bool((_stems(content_words(words)) & old_words) - set(_matches(old_words, terms)) - terms)
+            if id(c) in relevant or (strongly_changes(words) and names_old):
+                later.append(c)
         if later:
             newest = max(later, key=lambda c: c.updated or c.created)
             s = Scored(newest, newest.similarity or 0.0, s.overlap, s.focus_hit, s.score)
@@ -333,15 +358,19 @@ def _newest(chosen: list[Scored], candidates: Sequence[Any], terms: AbstractSet[
     return out
 
 
-def _as_of_now(chosen: list[Scored]) -> list[Scored]:
+def _as_of_now(chosen: list[Scored], terms: AbstractSet[str]) -> list[Scored]:
     """For a question about now: what is over is not quoted beside what is now, and a change
-    statement is quoted without its old value (see ``memory.changes``)."""
+    statement is quoted without its old value (see ``memory.changes``); a clause with a word of the
+    question stays ("Do I smoke?" ~ "I quit smoking in May")."""
+    def asked(clause: str) -> bool:
+        return bool(_matches(terms, _stems(content_words(clause))))
+
     if any(not only_past(episode_text(s.memory.text)) for s in chosen):
-        chosen = [s for s in chosen if not only_past(episode_text(s.memory.text))]
+        chosen = [s for s in chosen if not only_past(episode_text(s.memory.text)) or asked(episode_text(s.memory.text))]
     out = []
     for s in chosen:
         body = episode_text(s.memory.text)
-        now = current_part(body)
+        now = current_part(body, keep=asked)
         if now != body:
             s = dataclasses.replace(s, memory=dataclasses.replace(s.memory, text=s.memory.text[: len(s.memory.text) - len(body)] + now))
         out.append(s)
@@ -394,7 +423,7 @@ def note_sentences(embedder: Any, question: str, chunks: Sequence[Any], top: int
         for raw in split_sentences(body):
             led = bool(_PRONOUN_LED.match(raw))
             # "It can cover money ..." says nothing without the sentence that says what "it" is
-            sent = f"{previous} {raw}" if led and previous else raw
+            sent = f"{previous} {raw}" if led and previous and len(f"{previous} {raw}".split()) <= 80 else raw
             if 2 <= len(sent.split()) <= 80:  # list items such as "France: Paris." count
                 items.append((sent, f"{context}: {sent}" if context else sent, chunk))
             if not led:

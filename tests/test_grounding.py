@@ -144,6 +144,10 @@ def test_a_memory_that_states_what_is_asked_answers_it_in_any_words():
     # ...the user's own, not another person's
     assert recall.relevance("What does my husband do for a living?", [_mem("I live in Dublin.", attribute="residence")], [0.2]) == []
     assert recall.relevance("What does my husband do for a living?", [electrician], [0.2]) == []
+    assert recall.relevance("What illness does my dad have?", [_mem("I have asthma.")], [0.2]) == []
+    assert recall.relevance("What condition is my car in?", [_mem("I have asthma.")], [0.2]) == []
+    for q in ("Where do I work out?", "Does my medication work?", "How old is my dog?", "What do I eat for breakfast?"):
+        assert not recall.asked_attributes(q), q
 
 
 def test_an_answer_about_now_quotes_what_is_now():
@@ -158,6 +162,17 @@ def test_an_answer_about_now_quotes_what_is_now():
     assert only_past("I've stopped doing keto.") and only_past("I traded the Focus in;")
     assert not only_past("I'm following a Mediterranean diet now.")
     assert asks_about_past("Where did I live before?") and not asks_about_past("How old am I?")
+    assert asks_about_past("Where did I move from?")
+    # what says "now" is about now, and a sentence is not cut where nothing is over
+    assert current_part("I left my job at Google and now work at Meta.") == "I now work at Meta."
+    assert current_part("I stopped eating meat, I'm vegetarian now.") == "I'm vegetarian now."
+    assert current_part("Instead of coffee, I drink tea now.") == "I drink tea now."
+    assert not only_past("I left my job at Google and now work at Meta.")
+    for kept in ("I eat tofu instead of chicken and fish.", "I'm moving from Leeds to York next month.",
+                 "I'm left-handed and I live in Oslo.", "I have two kids and I finished my PhD last year."):
+        assert current_part(kept) == kept
+    # a clause the question asks about stays ("Do I smoke?")
+    assert "smoking" in current_part("I quit smoking in May and I work at the hospital.", keep=lambda c: "smok" in c)
 
 
 def test_a_later_change_takes_the_place_of_what_it_changed_though_it_is_less_like_the_question(home):
