@@ -68,6 +68,35 @@ def test_an_update_answers_with_the_newest_value(assistant_real, home):
     assert "gas" in text, text
 
 
+def test_an_answer_about_now_gives_the_new_value_only(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    chat = a.chat("queens", "lawyer")
+    for said in ("I rent a flat in Brooklyn.", "I'm training for a 10K race.", "I moved from Brooklyn to Queens.",
+                 "I signed up for a half marathon instead of the 10K."):
+        _ask(chat, said)
+    fresh = a.chat("queens", "lawyer")
+    reply, text = _ask(fresh, "Which part of New York do I live in?")
+    assert "Queens" in text and "Brooklyn" not in text and reply.grounding == "memory", text
+    _, text = _ask(fresh, "What race am I training for?")
+    assert "half marathon" in text and "10K" not in text, text
+    _, text = _ask(fresh, "Where did I live before?")  # the past, when asked for, is still there
+    assert "Brooklyn" in text, text
+
+
+def test_a_domain_comparison_and_a_command_form_question(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    reply, text = _ask(a.chat("cmp", "lawyer"), "What is the difference between a will and a power of attorney?")
+    assert reply.grounding == "notes" and re.search(r"\b(death|die|dies|alive|lifetime)\b", text), text
+    files = {s["file"] for s in reply.sources if s["kind"] == "knowledge"}
+    assert {"wills.md", "power-of-attorney.md"} <= files, files
+    reply, text = _ask(a.chat("cmp", "chef"), "Name a grain that is naturally gluten-free.")
+    assert reply.grounding == "notes" and re.search(r"\b(rice|quinoa|buckwheat|millet|corn|maize|sorghum)\b", text, re.I), text
+
+
 def test_natural_chat_is_recalled(assistant_real, home):
     from assistant.core import Assistant
 
