@@ -24,7 +24,7 @@ def _support(pack: Any, probe: dict[str, Any], reply: Any) -> list[str]:
     return out + [m.text for m in reply.memories]
 
 
-def run_pack(assistant: Any, pack_id: str, limit: int | None, max_tokens: int) -> dict[str, Any]:
+def run_pack(assistant: Any, pack_id: str, limit: int | None, max_tokens: int, alone: bool = True) -> dict[str, Any]:
     from assistant import grounding
     from personalization.evaluate import check
 
@@ -33,7 +33,7 @@ def run_pack(assistant: Any, pack_id: str, limit: int | None, max_tokens: int) -
     rows = []
     for probe in probes:
         row: dict[str, Any] = {"id": probe["id"], "ask": probe["ask"]}
-        for variant, use_memory in (("grounded", True), ("model_alone", False)):
+        for variant, use_memory in (("grounded", True), ("model_alone", False))[: 2 if alone else 1]:
             chat = assistant.chat(f"eval-{pack_id}", pack_id, use_memory=use_memory, use_adapter=False, source="bench")
             reply = chat.send(probe["ask"], temperature=0, max_new_tokens=max_tokens, seed=0)
             answer = reply.collect()
@@ -42,15 +42,15 @@ def run_pack(assistant: Any, pack_id: str, limit: int | None, max_tokens: int) -
             row[variant] = {"answer": answer, "passed": passed, "unsupported_numbers": unsupported,
                             "grounding": reply.grounding, "sources": [s.get("file", s["id"]) for s in reply.sources]}
         rows.append(row)
-        print(f"  {probe['id']}: grounded {'pass' if row['grounded']['passed'] else 'FAIL'}"
-              f" / alone {'pass' if row['model_alone']['passed'] else 'fail'}", file=sys.stderr)
+        alone_said = f" / alone {'pass' if row['model_alone']['passed'] else 'fail'}" if alone else ""
+        print(f"  {probe['id']}: grounded {'pass' if row['grounded']['passed'] else 'FAIL'}{alone_said}", file=sys.stderr)
     n = len(rows)
     summary = {
         "n": n,
         "grounded_pass_rate": sum(r["grounded"]["passed"] for r in rows) / n if n else 0.0,
-        "model_alone_pass_rate": sum(r["model_alone"]["passed"] for r in rows) / n if n else 0.0,
+        "model_alone_pass_rate": sum(r["model_alone"]["passed"] for r in rows) / n if n and alone else float("nan"),
         "grounded_unsupported_numbers": sum(len(r["grounded"]["unsupported_numbers"]) for r in rows),
-        "model_alone_unsupported_numbers": sum(len(r["model_alone"]["unsupported_numbers"]) for r in rows),
+        "model_alone_unsupported_numbers": sum(len(r["model_alone"]["unsupported_numbers"]) for r in rows) if alone else None,
         "led_by_notes": sum(r["grounded"]["grounding"] == "notes" for r in rows),
     }
     return {"pack": pack_id, "summary": summary, "rows": rows}
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N probes of each pack")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None, help="write every answer as JSON here")
+    ap.add_argument("--no-alone", action="store_true", help="skip the model-alone comparison (half the time)")
     args = ap.parse_args(argv)
     from assistant import paths, settings
     from assistant.core import Assistant
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ASSISTANT_HOME"] = str(home)
     assistant = Assistant(settings.load())
     t0 = time.perf_counter()
-    results = [run_pack(assistant, p.strip(), args.limit, args.max_tokens) for p in args.packs.split(",") if p.strip()]
+    results = [run_pack(assistant, p.strip(), args.limit, args.max_tokens, alone=not args.no_alone)
+               for p in args.packs.split(",") if p.strip()]
     print(f"\nload average {os.getloadavg()[0]:.2f}; {time.perf_counter() - t0:.0f} s")
     print("| pack | n | grounded (as a user gets it) | model alone | unsupported numbers (grounded / alone) | led by notes |")
     print("|---|---|---|---|---|---|")
