@@ -23,6 +23,7 @@ from assistant.errors import AssistantError, PromptError
 from assistant.generation import CancelToken, GenParams, GenStats, KVSession, Streamed
 from assistant.journal import Turn, new_turn_id
 from assistant.settings import Settings
+from assistant.styling import Formatter
 from assistant.text import clean_text
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -314,23 +315,36 @@ class Chat:
                 plan.constraint.prompt_ids = ids
             room = True
             lead: list[int] = []
+            # the user's answer style (numbered steps, units, ...) applied as the answer streams
+            fmt = Formatter(plan.style if not plan.shaped else ())
+            shown: list[str] = []
+
+            def show(piece: str) -> str:
+                out = fmt.feed(piece) if fmt.active else piece
+                shown.append(out)
+                return out
+
             if plan.lead:
                 lead = engine.tokenizer(plan.lead, add_special_tokens=False)["input_ids"]
                 room = len(ids) + len(lead) + 16 <= engine.context_tokens  # else the notes' sentences are the answer
                 reply.grounding = "notes"
-                yield plan.lead
-            model_text = plan.lead
+                if out := show(plan.lead):
+                    yield out
             reply.stats.finish_reason = "stop"
             reply.stats.prompt_tokens = len(ids)
             if room:
                 stream = GroundedStream(engine, ids + lead, params, self.kv, cancel, plan,
                                         support=self._support(text, plan))
                 for chunk in stream:
-                    yield chunk
-                model_text = plan.lead + stream.text
+                    if out := show(chunk):
+                        yield out
                 stream.stats.prompt_tokens -= len(lead)  # the lead is the answer's, not the prompt's
                 reply.stats = stream.stats
                 reply.withheld = stream.withheld
+            if fmt.active and (rest := fmt.flush()):
+                shown.append(rest)
+                yield rest
+            model_text = "".join(shown)
         facts = [m.text for m in store.list(kinds=("fact", "preference"))] if store is not None else []
         tail = "" if check.replace is not None else safety.after(self.pack, model_text, facts, check.flags)
         if tail:

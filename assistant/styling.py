@@ -1,0 +1,140 @@
+"""The user's stated answer style, applied to the answer as it streams: right by construction, not
+by hoping that a 135M model follows "How I want answers: ..." in its prompt.
+
+What can be done to any answer without knowing its content is done here:
+
+- **numbered steps** ("For recipes, please always give me numbered steps"): an answer of two or
+  more sentences becomes "1. ...", "2. ...", one per line;
+- **bullet points** ("answer in bullet points"): the same with "- ";
+- **temperature units** ("Always give temperatures in Fahrenheit"): every temperature is given in
+  that unit first, the other in brackets ("220 °C" -> "425 °F (220 °C)"; oven heats are rounded
+  as recipes give them, other temperatures to the degree);
+- **British words** ("Please use British words like courgette and aubergine"): the common
+  American kitchen and everyday words are swapped for the British ones.
+
+Sentence limits are kept by ``answering.GroundedStream``; what needs the model (a carb count, the
+servings) stays in the prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+_NUMBERED = re.compile(r"\bnumbered\b|\bnumber(ed)? (the |my |your )?steps\b|\bstep[- ]by[- ]step\b", re.I)
+_BULLETS = re.compile(r"\bbullet(s|ed| points?)?\b|\bas a (bulleted )?list\b", re.I)
+_FAHRENHEIT = re.compile(r"\bfahrenheit\b|°\s?F\b", re.I)
+_CELSIUS = re.compile(r"\b(celsius|centigrade)\b|°\s?C\b", re.I)
+_BRITISH = re.compile(r"\bbritish\b|\buk (english|words|spelling)\b", re.I)
+_NEGATED = re.compile(r"\b(no|not|never|don'?t|stop|without)\b", re.I)
+
+_US_TO_UK = {
+    "zucchini": "courgette", "zucchinis": "courgettes", "eggplant": "aubergine", "eggplants": "aubergines",
+    "cilantro": "coriander", "arugula": "rocket", "scallion": "spring onion", "scallions": "spring onions",
+    "bell pepper": "pepper", "bell peppers": "peppers", "cookie": "biscuit", "cookies": "biscuits",
+    "fries": "chips", "potato chips": "crisps", "candy": "sweets", "broil": "grill", "broiler": "grill",
+    "plastic wrap": "cling film", "aluminum foil": "tin foil", "aluminum": "aluminium", "skillet": "frying pan",
+    "stovetop": "hob", "powdered sugar": "icing sugar", "confectioners' sugar": "icing sugar",
+    "all-purpose flour": "plain flour", "cornstarch": "cornflour", "ground beef": "beef mince",
+    "heavy cream": "double cream", "shrimp": "prawns", "garbanzo beans": "chickpeas", "beet": "beetroot",
+    "beets": "beetroot", "rutabaga": "swede", "molasses": "treacle", "takeout": "takeaway", "check": "bill",
+    "color": "colour", "flavor": "flavour", "flavors": "flavours", "favorite": "favourite", "center": "centre",
+}
+_UK_PATTERN = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _US_TO_UK), key=len, reverse=True)) + r")\b", re.I)
+# "74 °C (165 °F)", "220°C", "425 degrees F", "-18 °C"
+_TEMP = re.compile(r"(-?\d+(?:\.\d+)?)\s?(?:°\s?|degrees? )(C|F)\b(?:\s*\((-?\d+(?:\.\d+)?)\s?(?:°\s?|degrees? )(C|F)\))?")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _wants(style: Sequence[str], pattern: re.Pattern[str]) -> bool:
+    return any(pattern.search(s) and not _NEGATED.search(s) for s in style)
+
+
+def _convert(value: float, unit: str) -> int:
+    """Celsius <-> Fahrenheit as recipes and food-safety tables give them: oven heats (250 °F /
+    120 °C and up) to the nearest 25 °F or 10 °C (220 °C -> 425 °F, 350 °F -> 180 °C), the rest to
+    the degree (74 °C -> 165 °F, 165 °F -> 74 °C, -18 °C -> 0 °F)."""
+    if unit == "C":
+        f = value * 9 / 5 + 32
+        return int(25 * round(f / 25)) if f >= 250 else round(f)
+    c = (value - 32) * 5 / 9
+    return int(10 * round(c / 10)) if c >= 120 else round(c)
+
+
+def temperatures_in(text: str, unit: str) -> str:
+    """Every temperature in ``text`` given in ``unit`` ("C" or "F") first, the other in brackets."""
+    other = "F" if unit == "C" else "C"
+
+    def one(m: re.Match[str]) -> str:
+        value, given, paired, paired_unit = m.group(1), m.group(2).upper(), m.group(3), m.group(4)
+        if given == unit:
+            return m.group(0)
+        if paired and paired_unit and paired_unit.upper() == unit:
+            return f"{paired} °{unit} ({value} °{given})"
+        return f"{_convert(float(value), given)} °{unit} ({value} °{other})"
+
+    return _TEMP.sub(one, text)
+
+
+def british(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        word = _US_TO_UK[m.group(1).lower()]
+        return word[0].upper() + word[1:] if m.group(1)[0].isupper() else word
+
+    return _UK_PATTERN.sub(one, text)
+
+
+class Formatter:
+    """Feeds the answer's pieces through; ``feed`` and ``flush`` return what to show."""
+
+    def __init__(self, style: Sequence[str]) -> None:
+        self.list_mark = "1." if _wants(style, _NUMBERED) else "-" if _wants(style, _BULLETS) else ""
+        fahrenheit, celsius = _wants(style, _FAHRENHEIT), _wants(style, _CELSIUS)
+        self.unit = "F" if fahrenheit and not celsius else "C" if celsius and not fahrenheit else ""
+        self.british = _wants(style, _BRITISH)
+        self._pending = ""  # text not yet a whole sentence (lists only)
+        self._items: list[str] = []  # sentences held until a second one shows it is a list
+        self._shown = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.list_mark or self.unit or self.british)
+
+    def _words(self, text: str) -> str:
+        if self.unit:
+            text = temperatures_in(text, self.unit)
+        return british(text) if self.british else text
+
+    def _item(self, sentence: str) -> str:
+        self._shown += 1
+        mark = f"{self._shown}." if self.list_mark == "1." else "-"
+        return ("\n" if self._shown > 1 else "") + f"{mark} {sentence}"
+
+    def feed(self, piece: str) -> str:
+        self._pending += piece  # whole sentences only: "2" + "20 °C" is one temperature
+        parts = _SENTENCE.split(self._pending)
+        self._pending = parts.pop()
+        done = [self._words(p.strip()) for p in parts if p.strip()]
+        if not done:
+            return ""
+        if not self.list_mark:
+            out = "".join((" " if self._shown else "") + d for d in done)
+            self._shown += len(done)
+            return out
+        if self._shown == 0 and len(self._items) + len(done) < 2:
+            self._items += done  # one sentence is no list: wait for a second
+            return ""
+        out = "".join(self._item(s) for s in self._items + done)
+        self._items = []
+        return out
+
+    def flush(self) -> str:
+        rest = self._words(self._pending.strip()) if self._pending.strip() else ""
+        self._pending = ""
+        if not self.list_mark:
+            return (" " if self._shown and rest else "") + rest
+        held = self._items + ([rest] if rest else [])
+        self._items = []
+        if self._shown == 0 and len(held) < 2:
+            return " ".join(held)  # a one-sentence answer stays a sentence
+        return "".join(self._item(s) for s in held)

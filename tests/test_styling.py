@@ -1,0 +1,34 @@
+"""The user's answer style applied to the answer as it streams (assistant/styling.py)."""
+
+from __future__ import annotations
+
+from assistant.styling import Formatter, british, temperatures_in
+
+
+def _run(style, pieces):
+    f = Formatter(style)
+    return "".join(f.feed(p) for p in pieces) + f.flush()
+
+
+def test_numbered_steps_for_an_answer_of_several_sentences_only():
+    style = ["For recipes, please always give me numbered steps."]
+    assert _run(style, ["Rinse the rice. ", "Add water", " and simmer. ", "Rest it."]) == \
+        "1. Rinse the rice.\n2. Add water and simmer.\n3. Rest it."
+    assert _run(style, ["Paris is the capital of France."]) == "Paris is the capital of France."
+    assert _run(["Answer in bullet points."], ["Use a sharp knife. Keep it dry."]) == "- Use a sharp knife.\n- Keep it dry."
+    assert not Formatter(["Please don't use bullet points."]).active
+
+
+def test_temperatures_in_the_unit_the_user_asked_for():
+    assert temperatures_in("Roast at 220 °C until golden.", "F") == "Roast at 425 °F (220 °C) until golden."
+    assert temperatures_in("Poultry must reach 74 °C (165 °F).", "F") == "Poultry must reach 165 °F (74 °C)."
+    assert temperatures_in("Freeze at -18 °C; keep the fridge at 5 °C.", "F") == "Freeze at 0 °F (-18 °C); keep the fridge at 41 °F (5 °C)."
+    assert temperatures_in("Bake at 350 °F. Cook to 165 °F.", "C") == "Bake at 180 °C (350 °F). Cook to 74 °C (165 °F)."
+    # a number split across streamed pieces is still one temperature
+    assert _run(["Always give temperatures in Fahrenheit, please."], ["Roast at 2", "20 °C", " until golden."]) == \
+        "Roast at 425 °F (220 °C) until golden."
+
+
+def test_british_words():
+    assert british("Slice the zucchini and Eggplant; add cilantro.") == "Slice the courgette and Aubergine; add coriander."
+    assert _run(["Please use British words like courgette and aubergine."], ["Add the zucchini."]) == "Add the courgette."
