@@ -29,7 +29,8 @@ DRIFT_MIN_SUPPORT = 0.6
 LEAD_CONTINUATION_SENTENCES = 1
 _STYLE = re.compile(
     r"\b(answers?|repl(y|ies)|responses?|sentences?|bullet|metric|imperial|celsius|fahrenheit|units?|jargon|"
-    r"plain english|emojis?|concise|brief|short|detail(ed)?|step[- ]by[- ]step|formal|casual|call me)\b",
+    r"plain english|emojis?|concise|brief|short|detail(ed)?|step[- ]by[- ]step|formal|casual|call me|numbered|"
+    r"steps|british|american|spelling)\b",
     re.I,
 )
 _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
@@ -228,6 +229,16 @@ class GroundedStream:
         known = self._known_stems()
         return sum(w in known for w in words) / len(words) < DRIFT_MIN_SUPPORT
 
+    def _repeats(self, piece: str) -> bool:
+        """The model saying again what the answer already says (it loops on the notes' sentences)."""
+        from memory.recall import content_words, stem
+
+        words = {stem(w) for w in content_words(piece)}
+        if len(words) < 3:
+            return False
+        said = [s for s in re.split(r"(?<=[.!?])\s+", self.plan.lead + " " + self.text) if s.strip()]
+        return any(len(words & {stem(w) for w in content_words(s)}) >= 0.8 * len(words) for s in said)
+
     def _known_stems(self) -> set[str]:
         if self._known is None:
             from memory.recall import content_words, stem
@@ -272,7 +283,7 @@ class GroundedStream:
                 if not m:
                     break
                 piece, buf = buf[: m.end()], buf[m.end():]
-                if self._drifts(piece):
+                if self._drifts(piece) or self._repeats(piece):
                     stopped_by_us = True
                     inner.cancel()
                     break

@@ -113,11 +113,14 @@ _LEADING_ADVERB = re.compile(
     r"fun fact|update|(?:big |good |some |quick |great )?news|guess what|heads up|just so you know|for context)[,:!\s]+",
     re.I,
 )
+_CONTEXT = re.compile(r"^(?:for|with|in|when it comes to|whenever you (?:give|suggest|write)) (?:\w+ ){0,3}?\w+,\s*"
+                      r"(?=(?:please |can you |could you )?(?:always|never|give|use|answer|reply|keep|write|list|put|tell|include)\b)", re.I)
 _NO_SUBJECT = re.compile(r"^(?:just )?(got|bought|moved|started|adopted|sold|finished|joined|left) ", re.I)
 _INSTRUCTION = re.compile(
     r"^(?:please )?(?:give|explain|write|answer|reply|use|don'?t use|do not use|don'?t|never|always|keep|"
     r"stop|avoid)\b.*\b(from now on|to me|with me|for me|when you (reply|answer|respond)|no jargon|emojis?|"
-    r"plain english|always|every time|in (fahrenheit|celsius|metric|imperial))\b",
+    r"plain english|always|every time|in (fahrenheit|celsius|metric|imperial)|numbered|bullet points?|steps|"
+    r"british|american|metric units?)\b",
     re.I,
 )
 _TAIL_QUESTION = re.compile(r"[,;:-]\s*(so|and|but)?\s*(what|which|how|can|could|should|is|are|do|does|any|where|when|who|would)\b.*$", re.I)
@@ -207,6 +210,7 @@ def _classify(sentence: str, hints: Sequence[str]) -> tuple[str, str] | None:
         if c:
             s, op = s[c.end():].strip(), "update"
     s = _LEADING_ADVERB.sub("", s)
+    s = _CONTEXT.sub("", s)  # "For recipes, please always give me numbered steps"
     if _NO_SUBJECT.match(s):
         s = "I " + s[0].lower() + s[1:]
     if _SMALL_TALK.match(s) and len(s.split()) <= 4:

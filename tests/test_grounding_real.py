@@ -117,3 +117,15 @@ def test_a_correction_replaces_the_answer_the_model_sees(assistant_real, home):
     assert chat.history[-1][1] == "Blue."
     _, nxt = _ask(chat, "Say it again, in one word.")
     assert first.strip()[:40] not in nxt or first.strip() == "Blue.", nxt
+
+
+def test_a_stated_style_shapes_the_next_answers(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    _ask(a.chat("styled", "chef"), "Always give temperatures in Fahrenheit, please.")
+    reply, text = _ask(a.chat("styled", "chef"), "What temperature should chicken reach to be safe?")
+    assert re.search(r"165 °F \(74 °C\)", text) and reply.grounding == "notes", text
+    _ask(a.chat("steps", "chef"), "For recipes, please always give me numbered steps.")
+    _, text = _ask(a.chat("steps", "chef"), "How do I cook basmati rice?")
+    assert text.startswith("1. ") and "\n2. " in text, text
