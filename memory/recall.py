@@ -208,9 +208,18 @@ def _on_topic(question: str, asked: AbstractSet[str], memory: Any, words: str) -
     return own and bool(_HEALTH_Q.search(question)) and states_health(words)
 
 
+_PHONE_Q = re.compile(r"\b(phone|mobile|cell|telephone|landline)( number)?\b|\bnumber (to call|to ring)\b", re.I)
+_EMAIL_Q = re.compile(r"\be-?mail( address)?\b", re.I)
+_PHONE = re.compile(r"(?:\+?\d[\d ()-]{5,}\d)")
+
+
 def answer_type(question: str) -> str:
-    """What an answer to ``question`` must contain: "name" (a proper name), "amount" (a number),
-    or "" (anything)."""
+    """What an answer to ``question`` must contain: "phone" (a phone number), "email", "name" (a
+    proper name), "amount" (a number), or "" (anything)."""
+    if _PHONE_Q.search(question):
+        return "phone"
+    if _EMAIL_Q.search(question) and re.search(r"\b(what|which)\b", question, re.I):
+        return "email"
     if _NAME_Q.search(question):
         return "name"
     if _AMOUNT_Q.search(question):
@@ -219,6 +228,10 @@ def answer_type(question: str) -> str:
 
 
 def has_answer_type(text: str, wanted: str) -> bool:
+    if wanted == "phone":  # "£1,050 a month" is no phone number
+        return any(len(re.sub(r"\D", "", m)) >= 6 for m in _PHONE.findall(text))
+    if wanted == "email":
+        return re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", text) is not None
     if wanted == "amount":
         return _NUMBER_WORD.search(text) is not None
     if wanted == "name":

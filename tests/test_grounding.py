@@ -124,6 +124,10 @@ def test_a_question_for_a_name_or_an_amount_needs_one_in_the_memory():
     renting = _mem("I rent a house in New South Wales.")
     assert recall.relevance("How much rent do I pay?", [renting], [0.52]) == []
     assert recall.relevance("How much rent do I pay?", [_mem("My rent is 1,400 dollars a month.", "m2")], [0.6])
+    rent = _mem("My landlord has raised my rent to £1,050 a month.")
+    assert recall.relevance("What is my landlord's phone number?", [rent], [0.6]) == []
+    assert recall.relevance("What is my landlord's phone number?", [_mem("My landlord's number is 07700 900123.")], [0.6])
+    assert recall.relevance("What is my email address?", [_mem("My email is ana.r@example.com.")], [0.6])
 
 
 def test_a_close_meaning_answers_without_a_shared_word_but_not_for_someone_else():
