@@ -9,6 +9,8 @@ What can be done to any answer without knowing its content is done here:
 - **temperature units** ("Always give temperatures in Fahrenheit"): every temperature is given in
   that unit first, the other in brackets ("220 °C" -> "425 °F (220 °C)"; oven heats are rounded
   as recipes give them, other temperatures to the degree);
+- **metric units** ("Please use metric units: grams and millilitres, never cups"): cups,
+  spoons, ounces, pounds, pints and inches in ml, g and cm (1 cup = 240 ml), temperatures in °C;
 - **British words** ("Please use British words like courgette and aubergine"): the common
   American kitchen and everyday words are swapped for the British ones.
 
@@ -25,6 +27,7 @@ _NUMBERED = re.compile(r"\bnumbered\b|\bnumber(ed)? (the |my |your )?steps\b|\bs
 _BULLETS = re.compile(r"\bbullet(s|ed| points?)?\b|\bas a (bulleted )?list\b", re.I)
 _FAHRENHEIT = re.compile(r"\bfahrenheit\b|°\s?F\b", re.I)
 _CELSIUS = re.compile(r"\b(celsius|centigrade)\b|°\s?C\b", re.I)
+_METRIC = re.compile(r"\bmetric\b|\b(grams|millilitres|milliliters|kilograms|litres|liters)\b|\bno cups\b|\bnever cups\b", re.I)
 _BRITISH = re.compile(r"\bbritish\b|\buk (english|words|spelling)\b", re.I)
 _NEGATED = re.compile(r"\b(no|not|never|don'?t|stop|without)\b", re.I)
 
@@ -76,6 +79,52 @@ def temperatures_in(text: str, unit: str) -> str:
     return _TEMP.sub(one, text)
 
 
+# US cooking measures and what they are in metric ("2 cups" -> "480 ml").
+_MEASURE = re.compile(
+    r"(?<![\w/])(\d+(?:\.\d+)?(?:\s+\d/\d)?|\d/\d|half an?|a quarter of an?|a|an|one|two|three|four)\s+"
+    r"(cups?|tablespoons?|tbsp|teaspoons?|tsp|fl(?:uid)? ?oz|ounces?|oz|pounds?|lbs?|inch(?:es)?|quarts?|pints?)\b"
+    r"(?:\s+of)?", re.I)
+_TO_METRIC = {"cup": (240, "ml"), "tablespoon": (15, "ml"), "tbsp": (15, "ml"), "teaspoon": (5, "ml"), "tsp": (5, "ml"),
+              "fl oz": (30, "ml"), "floz": (30, "ml"), "fluid oz": (30, "ml"), "ounce": (28, "g"), "oz": (28, "g"),
+              "pound": (454, "g"), "lb": (454, "g"), "inch": (2.54, "cm"), "quart": (950, "ml"), "pint": (475, "ml")}
+_WORD_AMOUNT = {"half a": 0.5, "half an": 0.5, "a quarter of a": 0.25, "a quarter of an": 0.25, "a": 1, "an": 1,
+                "one": 1, "two": 2, "three": 3, "four": 4}
+
+
+def _amount(text: str) -> float:
+    text = text.lower().strip()
+    if text in _WORD_AMOUNT:
+        return _WORD_AMOUNT[text]
+    total = 0.0
+    for part in text.split():
+        if "/" in part:
+            num, den = part.split("/")
+            total += int(num) / int(den)
+        else:
+            total += float(part)
+    return total
+
+
+def metric(text: str) -> str:
+    """US cooking measures in metric ("1/2 cup of milk" -> "120 ml milk"), temperatures in °C."""
+    def one(m: re.Match[str]) -> str:
+        unit = m.group(2).lower().rstrip("s").replace("inche", "inch").replace("lb", "lb")
+        unit = "fl oz" if unit.startswith("fl") else unit
+        factor, name = _TO_METRIC.get(unit, _TO_METRIC.get(unit.rstrip("e"), (0, "")))
+        if not factor:
+            return m.group(0)
+        value = _amount(m.group(1)) * factor
+        if name == "cm":
+            shown = f"{value:.1f}".rstrip("0").rstrip(".")
+        elif name == "g" and value >= 1000 or name == "ml" and value >= 1000:
+            shown, name = f"{value / 1000:.2f}".rstrip("0").rstrip("."), "kg" if name == "g" else "litres"
+        else:
+            shown = str(int(5 * round(value / 5)) if value >= 20 else round(value))
+        return f"{shown} {name}"
+
+    return temperatures_in(_MEASURE.sub(one, text), "C")
+
+
 def british(text: str) -> str:
     def one(m: re.Match[str]) -> str:
         word = _US_TO_UK[m.group(1).lower()]
@@ -91,6 +140,8 @@ class Formatter:
         self.list_mark = "1." if _wants(style, _NUMBERED) else "-" if _wants(style, _BULLETS) else ""
         fahrenheit, celsius = _wants(style, _FAHRENHEIT), _wants(style, _CELSIUS)
         self.unit = "F" if fahrenheit and not celsius else "C" if celsius and not fahrenheit else ""
+        self.metric = _wants(style, _METRIC) or any(_METRIC.search(s) and re.search(r"\bnever cups\b|\bno cups\b", s, re.I)
+                                                      for s in style)
         self.british = _wants(style, _BRITISH)
         self._pending = ""  # text not yet a whole sentence (lists only)
         self._items: list[str] = []  # sentences held until a second one shows it is a list
@@ -98,9 +149,11 @@ class Formatter:
 
     @property
     def active(self) -> bool:
-        return bool(self.list_mark or self.unit or self.british)
+        return bool(self.list_mark or self.unit or self.metric or self.british)
 
     def _words(self, text: str) -> str:
+        if self.metric:
+            text = metric(text)
         if self.unit:
             text = temperatures_in(text, self.unit)
         return british(text) if self.british else text

@@ -32,3 +32,14 @@ def test_temperatures_in_the_unit_the_user_asked_for():
 def test_british_words():
     assert british("Slice the zucchini and Eggplant; add cilantro.") == "Slice the courgette and Aubergine; add coriander."
     assert _run(["Please use British words like courgette and aubergine."], ["Add the zucchini."]) == "Add the courgette."
+
+
+def test_metric_units_when_the_user_asked_for_them():
+    from assistant.styling import metric
+
+    assert metric("Use 1/2 cup of milk and 1 1/2 cups flour.") == "Use 120 ml milk and 360 ml flour."
+    assert metric("Add 2 tablespoons of sugar, 8 oz cheese and 1 tsp salt.") == "Add 30 ml sugar, 225 g cheese and 5 ml salt."
+    assert metric("Bake at 350 °F in a 9 inch pan.") == "Bake at 180 °C (350 °F) in a 22.9 cm pan."
+    style = ["Please use metric units: grams and millilitres, never cups."]
+    assert _run(style, ["About half a cup of flour."]) == "About 120 ml flour."
+    assert not Formatter(["I like my answers short."]).active
