@@ -97,6 +97,30 @@ def style_preferences(store: Any) -> list[str]:
     return [m.text for m in store.list(kinds=("preference",)) if _STYLE.search(m.text)]
 
 
+# A request for a suggestion ("Suggest a dessert for me", "What should I cook tonight?"): what
+# the user can't or won't have matters to it whatever its words.
+_SUGGESTION = re.compile(r"\b(suggest|recommend|ideas?|what (should|could|can) (i|we) (make|cook|eat|have|bake|try|order|drink)|"
+                         r"plan (a|my|our) (meal|dinner|lunch|menu|week))\b", re.I)
+STANDING_LIMIT = 4
+
+
+def standing_constraints(store: Any, skip: set[str]) -> list[Any]:
+    """The user's diet, allergies, health conditions and likes or dislikes (not answer style),
+    newest first, that a suggestion must respect."""
+    from memory.extract import states_health
+
+    out = []
+    for m in sorted(store.list(kinds=("fact", "preference")), key=lambda m: -(m.updated or m.created)):
+        if m.id in skip or _STYLE.search(m.text):
+            continue
+        attr = m.attribute or ""
+        if attr == "diet" or attr.startswith("allergy:") or m.kind == "preference" or states_health(m.text):
+            out.append(m)
+        if len(out) >= STANDING_LIMIT:
+            break
+    return out
+
+
 def plan_answer(chat: Any, text: str, store: Any) -> Plan:
     from memory import recall
 
@@ -121,6 +145,8 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
             plan.answer, plan.kind = grounding.abstain_text(text), "abstain"
         return plan
     recalled = [r for r in store_recall(chat, text, store) if r.kind != "knowledge"]
+    if _SUGGESTION.search(text):
+        recalled += _to_recalled(standing_constraints(store, {r.memory_id for r in recalled}))
     has_notes = bool(chat.pack.knowledge_files())
     plan.check_numbers = has_notes
     notes: list[Any] = []

@@ -77,7 +77,8 @@ _SWAP = [
 _SWAP_RE = [(re.compile(p, re.I), r) for p, r in _SWAP]
 _LEAD_IN = re.compile(
     r"^(?:(?:hi|hello|hey)[,!]?\s+(?:there[,!]?\s+)?|(?:big |good |some |great )?news[:,!]\s*|by the way,?\s*|btw,?\s*|"
-    r"actually,?\s*|so,?\s*|well,?\s*|oh,?\s*|also,?\s*|fun fact:?\s*|just so you know,?\s*|for the record,?\s*)+",
+    r"actually,?\s*|so,?\s*|well,?\s*|oh,?\s*|also,?\s*|fun fact:?\s*|just so you know,?\s*|for the record,?\s*|"
+    r"[A-Z][a-z]+ here[.,!]\s+)+",
     re.I,
 )
 

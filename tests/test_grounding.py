@@ -53,6 +53,7 @@ def test_second_person():
     assert grounding.second_person("Big news: I moved to Lyon last month.") == "you moved to Lyon last month."
     assert grounding.second_person("I'm allergic to peanuts and my son is too.") == "you're allergic to peanuts and your son is too."
     assert grounding.personal_answer(["I live in Oslo."]) == "You told me you live in Oslo."
+    assert grounding.second_person("Hi, Isla here. I feed a family of six.") == "you feed a family of six."
 
 
 def test_numbers_check_withholds_unsupported_sentences():

@@ -129,3 +129,17 @@ def test_a_stated_style_shapes_the_next_answers(assistant_real, home):
     _ask(a.chat("steps", "chef"), "For recipes, please always give me numbered steps.")
     _, text = _ask(a.chat("steps", "chef"), "How do I cook basmati rice?")
     assert text.startswith("1. ") and "\n2. " in text, text
+
+
+def test_a_suggestion_is_given_the_users_diet_and_dislikes(assistant_real, home):
+    from assistant.core import Assistant
+
+    a = Assistant(assistant_real.settings, engine=assistant_real.engine)
+    chat = a.chat("picky", "chef")
+    for said in ("I'm allergic to peanuts.", "I can't stand coriander.", "I have a gas oven.",
+                 "Please keep your answers under three sentences."):
+        _ask(chat, said)
+    reply, _ = _ask(a.chat("picky", "chef"), "Suggest a garnish for my noodle soup.")
+    given = " ".join(m.text for m in reply.memories)
+    assert "peanuts" in given and "coriander" in given, given
+    assert "gas oven" not in given and "sentences" not in given, given  # not a constraint; style goes elsewhere
