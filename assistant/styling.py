@@ -14,6 +14,10 @@ What can be done to any answer without knowing its content is done here:
 - **British words** ("Please use British words like courgette and aubergine"): the common
   American kitchen and everyday words are swapped for the British ones.
 
+Also: the form of address the user asked for ("Please address me as Mrs. Díaz") starts the
+answer, no exclamation marks or emojis when asked, and a closing line the user asked for ("end
+every answer with a short line that starts with 'In short:'") repeats the answer's first sentence.
+
 Sentence limits are kept by ``answering.GroundedStream``; what needs the model (a carb count, the
 servings) stays in the prompt.
 """
@@ -82,11 +86,14 @@ def temperatures_in(text: str, unit: str) -> str:
 # US cooking measures and what they are in metric ("2 cups" -> "480 ml").
 _MEASURE = re.compile(
     r"(?<![\w/])(\d+(?:\.\d+)?(?:\s+\d/\d)?|\d/\d|half an?|a quarter of an?|a|an|one|two|three|four)\s+"
-    r"(cups?|tablespoons?|tbsp|teaspoons?|tsp|fl(?:uid)? ?oz|ounces?|oz|pounds?|lbs?|inch(?:es)?|quarts?|pints?)\b"
+    r"(cups?|tablespoons?|tbsp|teaspoons?|tsp|fl(?:uid)? ?oz|ounces?|oz|pounds?|lbs?|inch(?:es)?|quarts?|pints?|"
+    r"miles?|feet|foot|ft|yards?|gallons?)\b"
     r"(?:\s+of)?", re.I)
 _TO_METRIC = {"cup": (240, "ml"), "tablespoon": (15, "ml"), "tbsp": (15, "ml"), "teaspoon": (5, "ml"), "tsp": (5, "ml"),
               "fl oz": (30, "ml"), "floz": (30, "ml"), "fluid oz": (30, "ml"), "ounce": (28, "g"), "oz": (28, "g"),
-              "pound": (454, "g"), "lb": (454, "g"), "inch": (2.54, "cm"), "quart": (950, "ml"), "pint": (475, "ml")}
+              "pound": (454, "g"), "lb": (454, "g"), "inch": (2.54, "cm"), "quart": (950, "ml"), "pint": (475, "ml"),
+              "mile": (1.6, "km"), "feet": (0.3, "m"), "foot": (0.3, "m"), "ft": (0.3, "m"), "yard": (0.9, "m"),
+              "gallon": (3.8, "litres")}
 _WORD_AMOUNT = {"half a": 0.5, "half an": 0.5, "a quarter of a": 0.25, "a quarter of an": 0.25, "a": 1, "an": 1,
                 "one": 1, "two": 2, "three": 3, "four": 4}
 
@@ -114,7 +121,7 @@ def metric(text: str) -> str:
         if not factor:
             return m.group(0)
         value = _amount(m.group(1)) * factor
-        if name == "cm":
+        if name in ("cm", "km", "m", "litres"):
             shown = f"{value:.1f}".rstrip("0").rstrip(".")
         elif name == "g" and value >= 1000 or name == "ml" and value >= 1000:
             shown, name = f"{value / 1000:.2f}".rstrip("0").rstrip("."), "kg" if name == "g" else "litres"
@@ -133,6 +140,14 @@ def british(text: str) -> str:
     return _UK_PATTERN.sub(one, text)
 
 
+_ADDRESS = re.compile(r"\b(?:call|address) me (?:as )?((?:Mr|Mrs|Ms|Dr|Miss|Prof)\.? [A-Z][\w'-]+|[A-Z][\w'-]+)")
+_NO_EXCLAIM = re.compile(r"\b(no|don'?t use|never use|without|avoid) (any )?exclamation( marks?| points?)?\b", re.I)
+_NO_EMOJI = re.compile(r"\b(no|don'?t use|never use|without|avoid) (any )?emojis?\b", re.I)
+_CLOSING = re.compile(r"\bend (?:every|each|all|your|my)? ?(?:answers?|repl(?:y|ies)|responses?) with (?:a |an )?(?:short |brief )?"
+                      r"(?:line|sentence|summary)?.*?(?:starts?|starting|begins?|beginning) with ['\"“‘]([^'\"”’]{1,30})['\"”’]", re.I)
+_EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF]\ufe0f?")
+
+
 class Formatter:
     """Feeds the answer's pieces through; ``feed`` and ``flush`` return what to show."""
 
@@ -143,15 +158,32 @@ class Formatter:
         self.metric = _wants(style, _METRIC) or any(_METRIC.search(s) and re.search(r"\bnever cups\b|\bno cups\b", s, re.I)
                                                       for s in style)
         self.british = _wants(style, _BRITISH)
+        self.address = next((m.group(1) for s in style for m in [_ADDRESS.search(s)] if m), "")
+        self.no_exclaim = any(_NO_EXCLAIM.search(s) for s in style)
+        self.no_emoji = any(_NO_EMOJI.search(s) for s in style)
+        self.closing = next((m.group(1).strip() for s in style for m in [_CLOSING.search(s)] if m), "")
+        self._first = ""  # the answer's first sentence (for a closing line)
         self._pending = ""  # text not yet a whole sentence (lists only)
         self._items: list[str] = []  # sentences held until a second one shows it is a list
         self._shown = 0
 
     @property
     def active(self) -> bool:
-        return bool(self.list_mark or self.unit or self.metric or self.british)
+        return bool(self.list_mark or self.unit or self.metric or self.british or self.address or self.no_exclaim
+                    or self.no_emoji or self.closing)
 
     def _words(self, text: str) -> str:
+        if self.no_exclaim:
+            text = text.replace("!", ".")
+        if self.no_emoji:
+            text = re.sub(r"\s{2,}", " ", _EMOJI.sub("", text))
+        if not self._first and text.strip():
+            self._first = text.strip()
+            if self.address and not self.list_mark and not text.startswith(self.address):
+                rest = text.lstrip()
+                if len(rest) > 1 and rest[1].islower() and not re.match(r"^I\b", rest):
+                    rest = rest[0].lower() + rest[1:]
+                text = f"{self.address}, {rest}"
         if self.metric:
             text = metric(text)
         if self.unit:
@@ -182,6 +214,15 @@ class Formatter:
         return out
 
     def flush(self) -> str:
+        return self._flush() + self._closing_line()
+
+    def _closing_line(self) -> str:
+        if not self.closing or not self._first:
+            return ""
+        label = self.closing if self.closing.endswith(":") else self.closing + ":"
+        return f"\n{label} {self._first}"
+
+    def _flush(self) -> str:
         rest = self._words(self._pending.strip()) if self._pending.strip() else ""
         self._pending = ""
         if not self.list_mark:

@@ -118,9 +118,9 @@ _CONTEXT = re.compile(r"^(?:for|with|in|when it comes to|whenever you (?:give|su
 _NO_SUBJECT = re.compile(r"^(?:just )?(got|bought|moved|started|adopted|sold|finished|joined|left) ", re.I)
 _INSTRUCTION = re.compile(
     r"^(?:please )?(?:give|explain|write|answer|reply|use|don'?t use|do not use|don'?t|never|always|keep|"
-    r"stop|avoid)\b.*\b(from now on|to me|with me|for me|when you (reply|answer|respond)|no jargon|emojis?|"
-    r"plain english|always|every time|in (fahrenheit|celsius|metric|imperial)|numbered|bullet points?|steps|"
-    r"british|american|metric units?)\b",
+    r"stop|avoid|address|call|end|start|begin|finish)\b.*\b(from now on|to me|with me|for me|when you (reply|answer|respond)|"
+    r"no jargon|emojis?|plain english|always|every time|in (fahrenheit|celsius|metric|imperial)|numbered|bullet points?|"
+    r"steps|british|american|metric units?|me as|(every|each|all|your) (answers?|repl(y|ies)|responses?))\b",
     re.I,
 )
 _TAIL_QUESTION = re.compile(r"[,;:-]\s*(so|and|but)?\s*(what|which|how|can|could|should|is|are|do|does|any|where|when|who|would)\b.*$", re.I)

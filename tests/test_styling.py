@@ -43,3 +43,22 @@ def test_metric_units_when_the_user_asked_for_them():
     style = ["Please use metric units: grams and millilitres, never cups."]
     assert _run(style, ["About half a cup of flour."]) == "About 120 ml flour."
     assert not Formatter(["I like my answers short."]).active
+
+
+def test_form_of_address_tone_and_a_closing_line():
+    assert _run(["Please address me as Mrs. Díaz."], ["Store tablets in a cool, dry place. Keep them dry."]) == \
+        "Mrs. Díaz, store tablets in a cool, dry place. Keep them dry."
+    assert _run(["Please keep a calm tone and don't use exclamation marks."], ["Good luck! Sleep well."]) == "Good luck. Sleep well."
+    assert _run(["Please end every answer with a short line that starts with 'In short:'."],
+                ["Drink about 500 ml an hour. More if it is hot."]) == \
+        "Drink about 500 ml an hour. More if it is hot.\nIn short: Drink about 500 ml an hour."
+    assert _run(["Please use metric units: kilometres and kilograms."], ["A half marathon is 13.1 miles."]) == \
+        "A half marathon is 21 km."
+
+
+def test_the_requests_are_kept_as_answer_style():
+    from memory.extract import extract
+
+    for said in ("Please address me as Mrs. Díaz.", "Please end every answer with a short line that starts with 'In short:'.",
+                 "For recipes, please always give me numbered steps.", "Please use British words like courgette and aubergine."):
+        assert [x.kind for x in extract(said)] == ["preference"], said
