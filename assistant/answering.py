@@ -30,7 +30,7 @@ LEAD_CONTINUATION_SENTENCES = 1
 _STYLE = re.compile(
     r"\b(answers?|repl(y|ies)|responses?|sentences?|bullet|metric|imperial|celsius|fahrenheit|units?|jargon|"
     r"plain english|emojis?|concise|brief|short|detail(ed)?|step[- ]by[- ]step|formal|casual|call me|numbered|"
-    r"steps|british|american|spelling|address me|exclamation|tone|end (every|each|all|your) (answers?|repl(y|ies)))\b",
+    r"steps|british|american|spelling|address me|exclamation|tone|uk (terms|english|words))\b",
     re.I,
 )
 _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}

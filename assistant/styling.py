@@ -32,7 +32,7 @@ _BULLETS = re.compile(r"\bbullet(s|ed| points?)?\b|\bas a (bulleted )?list\b", r
 _FAHRENHEIT = re.compile(r"\bfahrenheit\b|°\s?F\b", re.I)
 _CELSIUS = re.compile(r"\b(celsius|centigrade)\b|°\s?C\b", re.I)
 _METRIC = re.compile(r"\bmetric\b|\b(grams|millilitres|milliliters|kilograms|litres|liters)\b|\bno cups\b|\bnever cups\b", re.I)
-_BRITISH = re.compile(r"\bbritish\b|\buk (english|words|spelling)\b", re.I)
+_BRITISH = re.compile(r"\bbritish\b|\buk (english|words|spelling|terms)\b", re.I)
 _NEGATED = re.compile(r"\b(no|not|never|don'?t|stop|without)\b", re.I)
 
 _US_TO_UK = {
@@ -45,16 +45,25 @@ _US_TO_UK = {
     "all-purpose flour": "plain flour", "cornstarch": "cornflour", "ground beef": "beef mince",
     "heavy cream": "double cream", "shrimp": "prawns", "garbanzo beans": "chickpeas", "beet": "beetroot",
     "beets": "beetroot", "rutabaga": "swede", "molasses": "treacle", "takeout": "takeaway", "check": "bill",
+    "mold": "mould", "molds": "moulds", "moldy": "mouldy", "gray": "grey", "defense": "defence", "offense": "offence",
+    "attorney": "solicitor", "attorneys": "solicitors", "apartment": "flat", "apartments": "flats",
     "color": "colour", "flavor": "flavour", "flavors": "flavours", "favorite": "favourite", "center": "centre",
 }
-_UK_PATTERN = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _US_TO_UK), key=len, reverse=True)) + r")\b", re.I)
+# ("power of attorney" is the British term too)
+_UK_PATTERN = re.compile(r"(?<!power of )(?<!powers of )(?<!letter of )\b("
+                         + "|".join(sorted(map(re.escape, _US_TO_UK), key=len, reverse=True)) + r")\b", re.I)
 # "74 °C (165 °F)", "220°C", "425 degrees F", "-18 °C"
 _TEMP = re.compile(r"(-?\d+(?:\.\d+)?)\s?(?:°\s?|degrees? )(C|F)\b(?:\s*\((-?\d+(?:\.\d+)?)\s?(?:°\s?|degrees? )(C|F)\))?")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def _wants(style: Sequence[str], pattern: re.Pattern[str]) -> bool:
-    return any(pattern.search(s) and not _NEGATED.search(s) for s in style)
+    """A style text asks for it ("use bullet points"), not against it ("don't use bullet points")."""
+    for s in style:
+        m = pattern.search(s)
+        if m and not _NEGATED.search(" ".join(s[: m.start()].split()[-4:])):
+            return True
+    return False
 
 
 def _convert(value: float, unit: str) -> int:
@@ -132,19 +141,33 @@ def metric(text: str) -> str:
     return temperatures_in(_MEASURE.sub(one, text), "C")
 
 
+_ARTICLE = re.compile(r"\b(an?|An?) (" + "|".join(sorted({re.escape(v) for v in _US_TO_UK.values()}, key=len, reverse=True))
+                      + r")\b")
+
+
 def british(text: str) -> str:
     def one(m: re.Match[str]) -> str:
         word = _US_TO_UK[m.group(1).lower()]
         return word[0].upper() + word[1:] if m.group(1)[0].isupper() else word
 
-    return _UK_PATTERN.sub(one, text)
+    out = _UK_PATTERN.sub(one, text)
+    if out == text:
+        return text
+
+    def article(m: re.Match[str]) -> str:  # "an attorney" -> "a solicitor"
+        a = "an" if m.group(2)[0].lower() in "aeiou" else "a"
+        return (a.capitalize() if m.group(1)[0].isupper() else a) + " " + m.group(2)
+
+    return _ARTICLE.sub(article, out)
 
 
 _ADDRESS = re.compile(r"\b(?:call|address) me (?:as )?((?:Mr|Mrs|Ms|Dr|Miss|Prof)\.? [A-Z][\w'-]+|[A-Z][\w'-]+)")
 _NO_EXCLAIM = re.compile(r"\b(no|don'?t use|never use|without|avoid) (any )?exclamation( marks?| points?)?\b", re.I)
 _NO_EMOJI = re.compile(r"\b(no|don'?t use|never use|without|avoid) (any )?emojis?\b", re.I)
-_CLOSING = re.compile(r"\bend (?:every|each|all|your|my)? ?(?:answers?|repl(?:y|ies)|responses?) with (?:a |an )?(?:short |brief )?"
-                      r"(?:line|sentence|summary)?.*?(?:starts?|starting|begins?|beginning) with ['\"“‘]([^'\"”’]{1,30})['\"”’]", re.I)
+_CLOSING = re.compile(r"\b(?:end|finish|close) (?:every|each|all|your|my)? ?(?:answers?|repl(?:y|ies)|responses?) with .{0,40}?"
+                      r"(?:starts?|starting|begins?|beginning) with ['\"“‘]([^'\"”’]{1,30})['\"”’]", re.I)
+_OPENING = re.compile(r"\b(?:start|begin|open) (?:every|each|all|your|my)? ?(?:answers?|repl(?:y|ies)|responses?) with "
+                      r"['\"“‘]([^'\"”’]{1,30})['\"”’]", re.I)
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF]\ufe0f?")
 
 
@@ -155,13 +178,13 @@ class Formatter:
         self.list_mark = "1." if _wants(style, _NUMBERED) else "-" if _wants(style, _BULLETS) else ""
         fahrenheit, celsius = _wants(style, _FAHRENHEIT), _wants(style, _CELSIUS)
         self.unit = "F" if fahrenheit and not celsius else "C" if celsius and not fahrenheit else ""
-        self.metric = _wants(style, _METRIC) or any(_METRIC.search(s) and re.search(r"\bnever cups\b|\bno cups\b", s, re.I)
-                                                      for s in style)
+        self.metric = _wants(style, _METRIC)
         self.british = _wants(style, _BRITISH)
         self.address = next((m.group(1) for s in style for m in [_ADDRESS.search(s)] if m), "")
         self.no_exclaim = any(_NO_EXCLAIM.search(s) for s in style)
         self.no_emoji = any(_NO_EMOJI.search(s) for s in style)
         self.closing = next((m.group(1).strip() for s in style for m in [_CLOSING.search(s)] if m), "")
+        self.opening = next((m.group(1).strip() for s in style for m in [_OPENING.search(s)] if m), "")
         self._first = ""  # the answer's first sentence (for a closing line)
         self._pending = ""  # text not yet a whole sentence (lists only)
         self._items: list[str] = []  # sentences held until a second one shows it is a list
@@ -170,7 +193,7 @@ class Formatter:
     @property
     def active(self) -> bool:
         return bool(self.list_mark or self.unit or self.metric or self.british or self.address or self.no_exclaim
-                    or self.no_emoji or self.closing)
+                    or self.no_emoji or self.closing or self.opening)
 
     def _words(self, text: str) -> str:
         if self.no_exclaim:
@@ -184,6 +207,8 @@ class Formatter:
                 if len(rest) > 1 and rest[1].islower() and not re.match(r"^I\b", rest):
                     rest = rest[0].lower() + rest[1:]
                 text = f"{self.address}, {rest}"
+            if self.opening and not self.list_mark and not text.lstrip().startswith(self.opening):
+                text = f"{self.opening} {text.lstrip()}"
         if self.metric:
             text = metric(text)
         if self.unit:

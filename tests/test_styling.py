@@ -62,3 +62,12 @@ def test_the_requests_are_kept_as_answer_style():
     for said in ("Please address me as Mrs. Díaz.", "Please end every answer with a short line that starts with 'In short:'.",
                  "For recipes, please always give me numbered steps.", "Please use British words like courgette and aubergine."):
         assert [x.kind for x in extract(said)] == ["preference"], said
+
+
+def test_an_opening_label_a_closing_summary_and_uk_terms():
+    assert _run(["Please start every answer with 'Short answer:'."], ["Usually not. A bank statement can do."]) == \
+        "Short answer: Usually not. A bank statement can do."
+    assert _run(["Please finish your answers with a one-line summary starting with 'Bottom line:'."],
+                ["Usually not. A bank statement can do."]) == "Usually not. A bank statement can do.\nBottom line: Usually not."
+    assert british("Ask an attorney about a power of attorney and the mold in your apartment.") == \
+        "Ask a solicitor about a power of attorney and the mould in your flat."
