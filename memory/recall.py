@@ -52,7 +52,9 @@ _EXPAND: dict[str, tuple[str, ...]] = {
     "where": ("live", "move", "moved", "city", "town", "country", "based", "from"),
     "country": ("country", "from", "live", "move", "moved", "home", "grew", "born"),
     "people": ("people", "family", "cook", "household", "us", "kid", "child", "children", "two", "three", "four", "five", "six"),
-    "family": ("family", "people", "household", "kid", "child", "children", "wife", "husband", "partner"),
+    "family": ("family", "people", "household", "kid", "child", "children", "wife", "husband", "partner", "son",
+               "daughter", "mum", "mom", "mother", "dad", "father", "brother", "sister", "baby", "twin", "parent",
+               "grandma", "grandpa", "grandmother", "grandfather"),
     "allergic": ("allerg", "intoleran", "react"),
     "allergy": ("allerg", "intoleran"),
     "eat": ("eat", "vegetarian", "vegan", "pescatarian", "diet", "meat", "food", "halal", "kosher", "gluten"),
@@ -84,6 +86,13 @@ _EXPAND: dict[str, tuple[str, ...]] = {
 }
 
 
+def _by_stem() -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for word, more in _EXPAND.items():
+        out[stem(word)] = out.get(stem(word), ()) + more
+    return out
+
+
 def stem(word: str) -> str:
     """A crude English stem: enough to match 'allergic'/'allergy', 'moved'/'move', 'kids'/'kid'."""
     w = word.lower().replace("’", "'")
@@ -93,6 +102,9 @@ def stem(word: str) -> str:
         if w.endswith(suffix) and len(w) - len(suffix) >= 3:
             return w[: -len(suffix)] + repl
     return w
+
+
+_EXPAND_BY_STEM = _by_stem()  # focus terms are stems: "family" -> "famil"
 
 
 def content_words(text: str) -> list[str]:
@@ -153,7 +165,10 @@ def query_terms(question: str) -> set[str]:
 STRONG_SIMILARITY = 0.4
 # A memory is quoted beside the best one only when it scores within this margin of it.
 SECOND_MEMORY_MARGIN = 0.35
-_NAME_Q = re.compile(r"\b(name|called|named)\b|^\s*who\b", re.I)
+_NAME_Q = re.compile(r"\b(name|called|named)\b", re.I)
+_WHO_Q = re.compile(r"^\s*who\b", re.I)
+_PERSON_WORD = re.compile(r"\b(wife|husband|partner|son|daughter|kids?|children|child|baby|mum|mom|mother|dad|father|"
+                          r"parents?|brother|sister|twins?|grand\w+|aunt|uncle|cousin|stepson|stepdaughter)\b", re.I)
 _AMOUNT_Q = re.compile(r"^\s*(how old|what age)\b|\bhow much\b|\bhow many\b(?! people)", re.I)
 _NUMBER_WORD = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|twenty|thirty|"
                           r"forty|fifty|hundred|thousand|half|twice|once|single|a couple)\b", re.I)
@@ -222,6 +237,10 @@ def answer_type(question: str) -> str:
         return "email"
     if _NAME_Q.search(question):
         return "name"
+    if _WHO_Q.search(question):
+        if re.match(r"^\s*who(?:'s| is| are| was| were) (?:my|our)\b", question, re.I):
+            return "name"  # "Who is my dentist?" needs a name
+        return "person"  # "Who in my family has a food allergy?" ~ "My daughter is allergic to eggs"
     if _AMOUNT_Q.search(question):
         return "amount"
     return ""
@@ -232,6 +251,8 @@ def has_answer_type(text: str, wanted: str) -> bool:
         return any(len(re.sub(r"\D", "", m)) >= 6 for m in _PHONE.findall(text))
     if wanted == "email":
         return re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", text) is not None
+    if wanted == "person":
+        return has_answer_type(text, "name") or _PERSON_WORD.search(text) is not None
     if wanted == "amount":
         return _NUMBER_WORD.search(text) is not None
     if wanted == "name":
@@ -244,7 +265,7 @@ def relevance(question: str, memories: Sequence[Any], similarities: Sequence[flo
     """Score each memory for the question; only those with enough evidence are returned, best first."""
     terms = query_terms(question)
     focus = focus_terms(question)
-    focus |= {stem(x) for f in list(focus) for x in _EXPAND.get(f, ())}
+    focus |= {stem(x) for f in list(focus) for x in _EXPAND_BY_STEM.get(f, ())}
     out: list[Scored] = []
     wanted = answer_type(question)
     possessive = any("'s " in m.group(1) for m in _MY_NP.finditer(question.replace("’", "'")))

@@ -125,6 +125,9 @@ def test_a_question_for_a_name_or_an_amount_needs_one_in_the_memory():
     renting = _mem("I rent a house in New South Wales.")
     assert recall.relevance("How much rent do I pay?", [renting], [0.52]) == []
     assert recall.relevance("How much rent do I pay?", [_mem("My rent is 1,400 dollars a month.", "m2")], [0.6])
+    daughter = _mem("My daughter is allergic to eggs.", attribute="allergy:egg")
+    assert recall.relevance("Who in my family has a food allergy?", [daughter], [0.4])
+    assert recall.relevance("Who is my dentist?", [_mem("My dentist is very gentle.")], [0.6]) == []
     rent = _mem("My landlord has raised my rent to £1,050 a month.")
     assert recall.relevance("What is my landlord's phone number?", [rent], [0.6]) == []
     assert recall.relevance("What is my landlord's phone number?", [_mem("My landlord's number is 07700 900123.")], [0.6])
