@@ -71,11 +71,13 @@ class LearningSettings:
     target_loss: float = 0.15  # stop early once the user's own examples are learned this well
     max_steps: int = 60  # optimizer steps, each over batch_size examples
     batch_size: int = 4  # examples per step: their shared system prompt runs once
-    learning_rate: float = 5e-4
+    learning_rate: float = 2e-3  # bench.sweep, docs/architecture.md
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    layer_share: float = 0.5  # LoRA on the top half of the decoder layers: backward stops there
+    prefix_refresh: int = 4  # training steps a system prompt's keys and values are reused for
     replay_ratio: float = 2.0
     keep_versions: int = 5
     seed: int = 0
@@ -174,6 +176,8 @@ _VALIDATORS: dict[tuple[str, str], Any] = {
     ("memory", "recall_k"): lambda v: 0 <= v <= 100 or "must be between 0 and 100",
     ("memory", "budget_tokens"): lambda v: 0 <= v <= 100_000 or "must be between 0 and 100000",
     ("learning", "keep_versions"): lambda v: v >= 0 or "must be 0 or more",
+    ("learning", "layer_share"): lambda v: 0 < v <= 1 or "must be above 0 and at most 1 (1 = every layer)",
+    ("learning", "prefix_refresh"): lambda v: v >= 1 or "must be 1 or more",
     ("api", "port"): lambda v: 0 <= v <= 65535 or "must be a TCP port (0-65535)",
 }
 

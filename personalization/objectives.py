@@ -3,8 +3,10 @@
 - ``dpo_loss``: direct preference optimisation. The reference log-probabilities are those of the
   model the round starts from (the live adapter, or the base model when there is none), taken
   once before the first step with the same weights: no second copy of the model is kept.
-- ``answer_logprob``: summed log-probability of the labelled tokens (the answer).
-- ``reference_topk`` / ``topk_kl``: a distillation term on replay prompts. Before training, the
+- ``answer_rows``: the logits on every answer token of a step's sequences, in one left-padded
+  forward (the shared system prompt run once, without grad, kept for a few steps by
+  ``PrefixMemo``); ``row_logprob`` sums an answer's log-probability from them.
+- ``topk_of`` / ``topk_kl``: a distillation term on replay prompts. Before training, the
   starting model's top-k next-token distribution on each answer position is kept (k values and
   ids per position, small); during training KL(start || current) over those k tokens keeps the
   domain answers where they were.
@@ -12,82 +14,114 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 # Below this many shared tokens a prefix is not worth its bookkeeping.
 MIN_PREFIX = 16
 
 
-@dataclass
-class Prefix:
-    """The KV of the context tokens that a step's sequences share (the rendered system prompt):
-    computed once, each sequence then runs only its own tokens on top of it. Causal attention
-    makes that the same maths as running each whole sequence; with grad, the prefix's part of the
-    gradient is counted once per sequence through the shared tensors, as it would be."""
+def _shifted(model: Any, ids: Sequence[int], labels: Sequence[int]) -> tuple[Any, Any, Any]:
+    """Logits predicting each labelled token of one sequence, the targets, and their positions' mask."""
+    import torch
 
-    ids: list[int]
-    kv: list[tuple[Any, Any]]  # per layer: (keys, values)
-    config: Any
+    out = model(input_ids=torch.tensor([list(ids)]))
+    logits = out.logits[0, :-1].float()
+    target = torch.tensor(list(labels)[1:])
+    return logits, target, target != -100
 
-    def cache(self) -> Any:
-        """A fresh cache holding the prefix (appending to it leaves the shared tensors alone)."""
+
+class PrefixMemo:
+    """The shared context's keys and values kept across training steps and recomputed every
+    ``refresh`` steps: the adapter moves little in a few steps, and the system prompt's forward
+    was about a quarter of a step's time."""
+
+    def __init__(self, refresh: int = 4) -> None:
+        self.refresh = refresh
+        self.step = 0
+        self._kv: dict[tuple[int, ...], tuple[int, list[tuple[Any, Any]]]] = {}
+
+    def cache(self, model: Any, ids: Sequence[int], rows: int) -> Any:
+        """A fresh cache of ``ids`` for ``rows`` rows (appending to it leaves the kept tensors alone)."""
+        import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.config)
-        for layer, (k, v) in enumerate(self.kv):
-            cache.update(k, v, layer)
+        key = tuple(ids)
+        hit = self._kv.get(key)
+        if hit is None or self.step - hit[0] >= self.refresh:
+            made: Any = DynamicCache()
+            with torch.no_grad():
+                model(input_ids=torch.tensor([list(ids)]), cache=made, use_cache=True, logits_to_keep=1)
+            hit = (self.step, [(layer.keys, layer.values) for layer in made.layers])
+            self._kv = {key: hit}  # one context at a time (the pack's system prompt)
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(hit[1]):
+            cache.update(k.repeat_interleave(rows, dim=0), v.repeat_interleave(rows, dim=0), layer)
         return cache
 
 
-def shared_prefix(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Prefix | None:
-    """The prefix of ``seqs`` (ids, labels) that all share and that holds no label, run through
-    ``model`` (with grad when grad is on); None when it is shorter than ``MIN_PREFIX``."""
+def answer_rows(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], prefix_grad: bool = False,
+                max_rows: int = 16, memo: PrefixMemo | None = None) -> list[tuple[Any, Any]]:
+    """Per sequence ``(ids, labels)``: the logits predicting its labelled tokens and those
+    tokens, from batched forwards (with grad when grad is on). Sequences that start alike (the
+    rendered system prompt) are batched together and run their shared context once, without
+    grad unless ``prefix_grad`` (and from ``memo`` when given); the rest is left-padded so the
+    labelled tails line up, and only their positions' logits are computed."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, (ids, _) in enumerate(seqs):
+        groups.setdefault(tuple(ids[:MIN_PREFIX]), []).append(k)
+    out: list[Any] = [None] * len(seqs)
+    for members in groups.values():
+        for start in range(0, len(members), max_rows):
+            part = members[start:start + max_rows]
+            for k, row in zip(part, _rows(model, [seqs[k] for k in part], prefix_grad, memo), strict=True):
+                out[k] = row
+    return out
+
+
+def _rows(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], prefix_grad: bool,
+          memo: PrefixMemo | None) -> list[tuple[Any, Any]]:
+    """``answer_rows`` for one batch."""
     import torch
 
-    if len(seqs) < 2:
-        return None
-    first = list(seqs[0][0])
-    n = min(len(s[0]) for s in seqs)
-    for ids, labels in seqs:
-        # the token at the cut is predicted from inside the prefix: it must be unlabelled
-        first_label = next((i for i, lab in enumerate(labels) if lab != -100), len(labels))
-        n = min(n, first_label - 1)
-        n = next((i for i in range(n) if ids[i] != first[i]), n)
-    if n < MIN_PREFIX:
-        return None
-    from transformers import DynamicCache
+    from assistant.batched import left_pad, prefix_cache
+    from assistant.batched import shared_prefix as common_length
 
-    config = getattr(model, "config", None)
-    cache: Any = DynamicCache(config=config)  # its layers are all attention layers here (keys, values)
-    model(input_ids=torch.tensor([first[:n]]), cache=cache, use_cache=True)
-    kv = [(layer.keys, layer.values) for layer in cache.layers]
-    return Prefix(first[:n], kv, config)
-
-
-def _shifted(model: Any, ids: Sequence[int], labels: Sequence[int], prefix: Prefix | None = None) -> tuple[Any, Any, Any]:
-    """Logits predicting each labelled token, the targets, and their positions' mask."""
-    import torch
-
-    start = len(prefix.ids) if prefix is not None and list(ids[: len(prefix.ids)]) == prefix.ids else 0
-    if start and prefix is not None:  # start > 0 only with a prefix
-        out = model(input_ids=torch.tensor([list(ids[start:])]), cache=prefix.cache(), use_cache=True)
-    else:
-        out = model(input_ids=torch.tensor([list(ids)]))
-    logits = out.logits[0, :-1].float()
-    target = torch.tensor(list(labels)[start + 1:])
-    mask = target != -100
-    return logits, target, mask
+    firsts = [next(p for p, x in enumerate(lab) if x != -100) for _, lab in seqs]
+    n = common_length([list(ids) for ids, _ in seqs], min(firsts) - 1, MIN_PREFIX)
+    cache = None
+    if n and memo is not None and not prefix_grad:
+        cache = memo.cache(model, list(seqs[0][0][:n]), len(seqs))
+    elif n:
+        with torch.set_grad_enabled(prefix_grad and torch.is_grad_enabled()):
+            cache = prefix_cache(model, list(seqs[0][0][:n]), len(seqs))
+    rows = [(list(ids[n:]), list(lab[n:])) for ids, lab in seqs]
+    ids, mask, positions = left_pad([r[0] for r in rows], int(seqs[0][0][0]), n)
+    width = ids.shape[1]
+    keep = width - min(first - n + width - len(lab) for first, (_, lab) in zip(firsts, rows, strict=True)) + 1
+    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                   use_cache=cache is not None, logits_to_keep=keep)
+    logits = result.logits[:, :-1].float()
+    out = []
+    for j, (_, lab) in enumerate(rows):
+        target = torch.tensor(([-100] * (width - len(lab)) + lab)[width - keep + 1:])
+        keep_j = target != -100
+        out.append((logits[j][keep_j], target[keep_j]))
+    return out
 
 
-def answer_logprob(model: Any, ids: Sequence[int], labels: Sequence[int], prefix: Prefix | None = None) -> tuple[Any, Any]:
-    """(summed log-probability of the answer tokens, mean next-token loss on them), with grad."""
+def row_logprob(logits: Any, target: Any) -> tuple[Any, Any]:
+    """(summed log-probability of ``target`` under ``logits``, mean next-token loss)."""
     import torch.nn.functional as F
 
-    logits, target, mask = _shifted(model, ids, labels, prefix)
-    logp = F.log_softmax(logits[mask], dim=-1)
-    token_lp = logp.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
+    token_lp = F.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
     return token_lp.sum(), -token_lp.mean()
+
+
+def answer_logprob(model: Any, ids: Sequence[int], labels: Sequence[int]) -> tuple[Any, Any]:
+    """(summed log-probability of the answer tokens, mean next-token loss on them) of one
+    sequence run on its own, with grad: what ``answer_rows`` batches."""
+    logits, target, mask = _shifted(model, ids, labels)
+    return row_logprob(logits[mask], target[mask])
 
 
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: float, ref_rejected: float, beta: float) -> Any:
@@ -99,16 +133,11 @@ def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: float, ref_re
     return -F.logsigmoid(beta * margin)
 
 
-def reference_topk(model: Any, ids: Sequence[int], labels: Sequence[int], k: int = 16,
-                   prefix: Prefix | None = None) -> tuple[Any, Any]:
-    """The model's top-k log-probabilities and token ids on each answer position (no grad)."""
-    import torch
+def topk_of(logits: Any, k: int = 16) -> tuple[Any, Any]:
+    """The top-k log-probabilities and token ids of each row of ``logits`` (no grad)."""
     import torch.nn.functional as F
 
-    with torch.no_grad():
-        logits, _, mask = _shifted(model, ids, labels, prefix)
-        logp = F.log_softmax(logits[mask], dim=-1)
-        values, index = logp.topk(k, dim=-1)
+    values, index = F.log_softmax(logits.detach(), dim=-1).topk(k, dim=-1)
     return values, index
 
 
@@ -122,13 +151,12 @@ def topk_kl(model_logits: Any, ref_values: Any, ref_index: Any) -> Any:
     return (ref.exp() * (ref - cur)).sum(-1).mean()
 
 
-def replay_loss(model: Any, ids: Sequence[int], labels: Sequence[int], ref: tuple[Any, Any] | None,
-                kl_weight: float, prefix: Prefix | None = None) -> tuple[Any, float]:
-    """Next-token loss on a replay answer plus ``kl_weight`` x the distillation term."""
+def replay_terms(logits: Any, target: Any, ref: tuple[Any, Any] | None, kl_weight: float) -> tuple[Any, float]:
+    """Next-token loss on a replay answer (its labelled positions' ``logits``) plus
+    ``kl_weight`` x the distillation term against the reference top-k."""
     import torch.nn.functional as F
 
-    logits, target, mask = _shifted(model, ids, labels, prefix)
-    nll = F.cross_entropy(logits[mask], target[mask])
+    nll = F.cross_entropy(logits, target)
     if ref is None or kl_weight <= 0:
         return nll, float(nll.detach())
-    return nll + kl_weight * topk_kl(logits[mask], *ref), float(nll.detach())
+    return nll + kl_weight * topk_kl(logits, *ref), float(nll.detach())

@@ -133,13 +133,14 @@ def test_replay_distillation_is_zero_at_the_start_and_positive_after_a_change(ti
     model = make_tiny_model(tiny_tokenizer)
     ex = dataset.Example([{"role": "user", "content": "soup?"}], "Add salt and simmer.", "replay")
     ids, labels = trainer.encode(tiny_tokenizer, engine.render, ex, 384)
-    ref = objectives.reference_topk(model, ids, labels, k=8)
-    loss, nll = objectives.replay_loss(model, ids, labels, ref, kl_weight=1.0)
+    with torch.no_grad():
+        ref = objectives.topk_of(objectives.answer_rows(model, [(ids, labels)])[0][0], k=8)
+    loss, nll = objectives.replay_terms(*objectives.answer_rows(model, [(ids, labels)])[0], ref, kl_weight=1.0)
     assert float(loss) == pytest.approx(nll, abs=1e-4)  # KL to itself is 0
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    loss2, nll2 = objectives.replay_loss(model, ids, labels, ref, kl_weight=1.0)
+    loss2, nll2 = objectives.replay_terms(*objectives.answer_rows(model, [(ids, labels)])[0], ref, kl_weight=1.0)
     assert float(loss2) > nll2 + 1e-3
 
 
@@ -165,35 +166,43 @@ def test_near_examples_find_the_pack_answers_a_correction_contradicts():
     assert [e.answer for e in near] == ["74 °C."]
 
 
-def test_a_shared_system_prompt_run_once_gives_the_same_losses_and_gradients(tiny_tokenizer):
+def test_batched_answer_rows_match_each_sequence_run_on_its_own(tiny_tokenizer):
+    """One padded forward for a step's answers (the shared system prompt run once) gives each
+    answer the log-probability and, with the prefix's gradient kept, the gradients of running
+    the sequences one by one; a sequence that does not start like the others (its context was
+    cut from the left) is batched on its own."""
     import torch
 
     engine = Engine(make_tiny_model(tiny_tokenizer), tiny_tokenizer, context_tokens=256)
-    s = settings_mod.load(env={}).learning
-    model = trainer.create(make_tiny_model(tiny_tokenizer), s)
-    with torch.no_grad():  # a LoRA that is not zero, so the prefix depends on it
+    model = trainer.create(make_tiny_model(tiny_tokenizer), settings_mod.load(env={}).learning)
+    with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.add_(torch.randn_like(p) * 0.05)
     system = [{"role": "system", "content": "You are a careful chef who answers in metric units. " * 3}]
     seqs = [trainer.encode(tiny_tokenizer, engine.render, dataset.Example(system + [{"role": "user", "content": q}],
                                                                           a, "correction"), 384)
-            for q, a in [("soup?", "Add salt."), ("bread?", "Knead it well."), ("tea?", "Steep four minutes.")]]
+            for q, a in [("soup?", "Add salt."), ("how long do I knead bread dough?", "Knead it well for ten minutes."),
+                         ("tea?", "Steep four minutes.")]]
+    seqs.append((seqs[1][0][20:], seqs[1][1][20:]))  # cut from the left: no shared start
 
-    def run(prefixed):
+    def grads():
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad()
-        prefix = objectives.shared_prefix(model, seqs) if prefixed else None
-        losses = [objectives.answer_logprob(model, ids, labels, prefix)[1] for ids, labels in seqs]
-        sum(losses).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return [float(x) for x in losses], grads, prefix
+        return out
 
-    whole, g_whole, _ = run(False)
-    shared, g_shared, prefix = run(True)
-    assert prefix is not None and len(prefix.ids) >= objectives.MIN_PREFIX
-    assert shared == pytest.approx(whole, abs=1e-4)
-    assert g_shared.keys() == g_whole.keys()
-    assert all(torch.allclose(g_shared[n], g_whole[n], atol=1e-5) for n in g_whole)
+    model.zero_grad()
+    alone = [objectives.answer_logprob(model, ids, labels)[0] for ids, labels in seqs]
+    sum(alone).backward()
+    g_alone = grads()
+    rows = objectives.answer_rows(model, seqs, prefix_grad=True)
+    batched = [objectives.row_logprob(*row)[0] for row in rows]
+    sum(batched).backward()
+    g_batched = grads()
+    assert [float(x) for x in batched] == pytest.approx([float(x) for x in alone], abs=1e-3)
+    assert all(torch.allclose(g_batched[n], g_alone[n], atol=1e-4) for n in g_alone)
+    detached = objectives.answer_rows(model, seqs)  # the default: no gradient into the prefix
+    assert [float(objectives.row_logprob(*r)[0]) for r in detached] == pytest.approx([float(x) for x in alone], abs=1e-3)
 
 
 def test_batches_give_the_users_own_examples_half_the_slots():
