@@ -170,8 +170,26 @@ def from_facts(facts: Iterable[Any], system: str) -> list[Example]:
     return out
 
 
-def style_pairs(turns: Sequence[Any], facts: Iterable[Any], system: str, limit: int = 8) -> list[Example]:
-    """For each stated style rule: journal replies rewritten to follow it over the replies as they were."""
+def _padded(seed: Sequence[dict[str, Any]], i: int, extra: int = 2) -> str:
+    """Seed answer ``i`` run on into the answers after it (the pack's file keeps a topic
+    together): a reply that goes on past what was asked."""
+    return " ".join(seed[(i + k) % len(seed)]["answer"].strip() for k in range(extra + 1))
+
+
+def _seed_pair(rule: Any, seed: Sequence[dict[str, Any]], i: int) -> tuple[str, str] | None:
+    """(chosen, rejected) on seed example ``i`` for one style rule: a reply cut to the length
+    asked for over the reply run on; the answer as a list, or in metric units, over it as written."""
+    answer = seed[i]["answer"].strip()
+    rejected = _padded(seed, i) if rule.name == "max_sentences" else answer
+    chosen = rule.apply(rejected).strip()
+    return (chosen, rejected) if chosen and chosen != rejected else None
+
+
+def style_pairs(turns: Sequence[Any], facts: Iterable[Any], system: str, limit: int = 8,
+                seed: Sequence[dict[str, Any]] = (), per_rule: int = 8, rng: random.Random | None = None) -> list[Example]:
+    """For each stated style rule: journal replies rewritten to follow it over the replies as
+    they were, and pairs on ``per_rule`` of the pack's seed questions (the rule holds for any
+    question, not only those the user asked), half of them with the preference as a recalled memory."""
     out: list[Example] = []
     for memory in facts:
         for rule in style.rules(memory.text):
@@ -186,6 +204,21 @@ def style_pairs(turns: Sequence[Any], facts: Iterable[Any], system: str, limit: 
                                        memory_id=getattr(memory, "id", ""), rejected=text))
                     made += 1
                 if made >= limit:
+                    break
+            order = list(range(len(seed)))
+            (rng or random.Random(0)).shuffle(order)
+            made = 0
+            for i in order:
+                pair = _seed_pair(rule, seed, i)
+                if pair is None:
+                    continue
+                question = seed[i]["prompt"]
+                if made % 2:
+                    question = _with_memory(memory, question)
+                out.append(Example(_msgs(system, question), pair[0], "style", memory_id=getattr(memory, "id", ""),
+                                   rejected=pair[1]))
+                made += 1
+                if made >= per_rule:
                     break
     return out
 
@@ -226,7 +259,7 @@ def build(
     facts = list(facts)
     data = Dataset()
     data.train = from_turns(turns, system) + from_facts(facts, system)
-    data.pairs = pairs_from_turns(turns, system) + style_pairs(turns, facts, system)
+    data.pairs = pairs_from_turns(turns, system) + style_pairs(turns, facts, system, seed=seed, rng=rng)
     held = probes(turns, facts, system)
     trained = {json.dumps(e.messages) for e in data.train + data.pairs}
     held = [e for e in held if json.dumps(e.messages) not in trained]

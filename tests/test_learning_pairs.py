@@ -98,6 +98,22 @@ def test_a_stated_style_becomes_pairs_from_journal_replies(home):
         (long.id, "s1", "Rinse it. Add water.", "Rinse it. Add water. Simmer for 12 minutes. Rest it for 5.")]
 
 
+def test_a_stated_style_becomes_pairs_on_the_packs_own_questions_too(home):
+    """A style rule holds for any question: the pack's seed questions give pairs as well, a reply
+    cut to the length asked for over one that runs on; half carry the preference as a memory."""
+    seed = [{"prompt": f"Question {i}?", "answer": f"Answer {i} first. Answer {i} second."} for i in range(6)]
+    short = Mem("Keep your answers under three sentences.", "answer_length", "s1", "preference")
+    pairs = dataset.style_pairs([], [short], SYSTEM, seed=seed, per_rule=4)
+    assert len(pairs) == 4 and all(p.source == "style" and p.memory_id == "s1" for p in pairs)
+    for p in pairs:
+        assert len(style.sentences(p.answer)) == 2 and len(style.sentences(p.rejected)) == 6
+        assert p.rejected.startswith(p.answer)
+    assert sum("under three sentences" in p.messages[-1]["content"] for p in pairs) == 2
+    bullets = dataset.style_pairs([], [Mem("Answer in bullet points.", "", "s2", "preference")], SYSTEM, seed=seed, per_rule=2)
+    assert [p.answer.splitlines()[0] for p in bullets][0].startswith("- Answer")
+    assert dataset.style_pairs([], [Mem("I live in Lyon.", "residence", "f1", "fact")], SYSTEM, seed=seed) == []
+
+
 @pytest.mark.slow
 def test_dpo_loss_and_training_on_pairs_prefer_the_chosen_answer(tiny_tokenizer):
     import torch
