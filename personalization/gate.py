@@ -263,3 +263,52 @@ def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool,
                   f"{_rise(live.eval_loss, cand.eval_loss):+.1%} (<= {eval_tol:.0%}), guard perplexity "
                   f"{_rise(live.guard_ppl, cand.guard_ppl):+.1%} (<= {guard_tol:.0%})")
     return Decision(improved and loss_ok and pass_ok and near_ok and guard_ok, reason, live, cand, heldout_is_separate)
+
+
+class BaseNumbers:
+    """The base model's pack eval loss, guard perplexity and eval pass rate per (model, pack,
+    gate sets). They hold no user's data and cost a third of a first round's gate, so they are
+    kept on disk too (``$ASSISTANT_HOME/cache/gate-base.json``): a new process reuses them."""
+
+    def __init__(self) -> None:
+        self._mem: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+
+    @staticmethod
+    def _file() -> Any:
+        from assistant import paths
+
+        return paths.home() / "cache" / "gate-base.json"
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # missing or unreadable: measured again
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: tuple[str, str, str]) -> tuple[float, float, float] | None:
+        if key not in self._mem:
+            raw = self._read().get("|".join(key))
+            if isinstance(raw, list) and len(raw) == 3 and all(isinstance(x, (int, float)) for x in raw):
+                self._mem[key] = (float(raw[0]), float(raw[1]), float(raw[2]))
+        return self._mem.get(key)
+
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
+        return self.get(key) is not None
+
+    def __getitem__(self, key: tuple[str, str, str]) -> tuple[float, float, float]:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: tuple[str, str, str], value: tuple[float, float, float]) -> None:
+        from assistant import paths
+
+        self._mem[key] = value
+        data = self._read()
+        data["|".join(key)] = [float(v) for v in value]
+        try:
+            paths.write_private(self._file(), json.dumps(data, indent=1).encode())
+        except OSError:
+            pass  # a read-only home: kept for this process only

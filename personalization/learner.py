@@ -92,7 +92,7 @@ class Learner:
         self._due: set[tuple[str, str]] = set()  # (user, pack) with new turns or feedback since their check
         self._due_lock = threading.Lock()
         self._stop = threading.Event()
-        self._base_general: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+        self._base_general = gate_mod.BaseNumbers()
         self.listeners: list[Callable[[str, str, Any], None]] = []  # (user, pack, event) for UIs
 
     # ------------------------------------------------------------------ what is pending

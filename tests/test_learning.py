@@ -386,3 +386,17 @@ def test_training_pauses_inside_a_step_not_only_between_steps(tiny_tokenizer):
     layer1_after = [t for t, i in calls if i == 1 and t > second_step_layer0][0]
     assert layer1_after - second_step_layer0 >= 1.0, "layer 1 ran while the pause was asked for"
     assert result.steps == 3 and not paused.is_set()
+
+
+def test_the_base_models_gate_numbers_are_kept_on_disk_for_the_next_process(home):
+    """No user's data is in them, and a first round's gate spends a third of its time on them:
+    a new process (a new BaseNumbers) reads them back; a damaged file is measured again."""
+    key = ("smollm2", "chef", "abc123")
+    gate.BaseNumbers()[key] = (2.09, 17.4, 0.125)
+    again = gate.BaseNumbers()
+    assert key in again and again[key] == (2.09, 17.4, 0.125)
+    assert ("smollm2", "doctor", "abc123") not in again
+    (home / "cache" / "gate-base.json").write_text("{not json")
+    assert key not in gate.BaseNumbers()
+    with pytest.raises(KeyError):
+        gate.BaseNumbers()[key]
