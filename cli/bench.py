@@ -25,7 +25,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_tokens if args.max_tokens is not None else (32 if args.quick else 48),
         replay_tokens=16 if args.quick else 32,
         max_steps=args.steps if args.steps is not None else (8 if args.quick else 30),
-        time_budget_s=args.time_budget if args.time_budget is not None else (10.0 if args.quick else 40.0),
+        time_budget_s=args.time_budget if args.time_budget is not None else (10.0 if args.quick else 120.0),
     )
     if args.limit_users is not None and args.limit_users < 1:
         raise bench.BenchError("--limit-users: must be 1 or more")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="3 users per suite, 8 learning steps / 10 s, 32-token probe answers, 16-token replies in replay")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per probe answer (default 48; --quick 32)")
     p.add_argument("--steps", type=int, default=None, help="learning steps per user (default 30; --quick 8)")
-    p.add_argument("--time-budget", type=float, default=None, help="training seconds per user (default 40; --quick 10)")
+    p.add_argument("--time-budget", type=float, default=None, help="a learning round's seconds per user (default 120; --quick 10)")
     p.add_argument("--report-only", action="store_true",
                    help="write the reports from the users already finished in --out; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
