@@ -97,7 +97,8 @@ def _rows(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], prefi
     rows = [(list(ids[n:]), list(lab[n:])) for ids, lab in seqs]
     ids, mask, positions = left_pad([r[0] for r in rows], int(seqs[0][0][0]), n)
     width = ids.shape[1]
-    keep = width - min(first - n + width - len(lab) for first, (_, lab) in zip(firsts, rows, strict=True)) + 1
+    # logits from the position before the first label on (the first token can never be a label)
+    keep = min(width, width - min(first - n + width - len(lab) for first, (_, lab) in zip(firsts, rows, strict=True)) + 1)
     result = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                    use_cache=cache is not None, logits_to_keep=keep)
     logits = result.logits[:, :-1].float()

@@ -201,6 +201,8 @@ def test_batched_answer_rows_match_each_sequence_run_on_its_own(tiny_tokenizer):
             for q, a in [("soup?", "Add salt."), ("how long do I knead bread dough?", "Knead it well for ten minutes."),
                          ("tea?", "Steep four minutes.")]]
     seqs.append((seqs[1][0][20:], seqs[1][1][20:]))  # cut from the left: no shared start
+    seqs.append((seqs[1][0][-5:], seqs[1][1][-5:]))  # cut inside the answer: its first token is a label
+    seqs.append((seqs[2][0][-5:], seqs[2][1][-5:]))
 
     def grads():
         out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
