@@ -38,24 +38,26 @@ class PrefixMemo:
     def __init__(self, refresh: int = 4) -> None:
         self.refresh = refresh
         self.step = 0
-        self._kv: dict[tuple[int, ...], tuple[int, list[tuple[Any, Any]]]] = {}
+        self._kept: tuple[tuple[int, ...], int, list[tuple[Any, Any]]] | None = None  # ids, step, per layer (k, v)
 
     def cache(self, model: Any, ids: Sequence[int], rows: int) -> Any:
-        """A fresh cache of ``ids`` for ``rows`` rows (appending to it leaves the kept tensors alone)."""
+        """A fresh cache of ``ids`` for ``rows`` rows (appending to it leaves the kept tensors
+        alone). A kept longer context that starts with ``ids`` serves too (causal: its first
+        positions are the same)."""
         import torch
         from transformers import DynamicCache
 
         key = tuple(ids)
-        hit = self._kv.get(key)
-        if hit is None or self.step - hit[0] >= self.refresh:
+        kept = self._kept
+        if kept is None or self.step - kept[1] >= self.refresh or kept[0][: len(key)] != key:
             made: Any = DynamicCache()
             with torch.no_grad():
                 model(input_ids=torch.tensor([list(ids)]), cache=made, use_cache=True, logits_to_keep=1)
-            hit = (self.step, [(layer.keys, layer.values) for layer in made.layers])
-            self._kv = {key: hit}  # one context at a time (the pack's system prompt)
+            kept = self._kept = (key, self.step, [(layer.keys, layer.values) for layer in made.layers])
+        n = len(key)
         cache = DynamicCache()
-        for layer, (k, v) in enumerate(hit[1]):
-            cache.update(k.repeat_interleave(rows, dim=0), v.repeat_interleave(rows, dim=0), layer)
+        for layer, (k, v) in enumerate(kept[2]):
+            cache.update(k[:, :, :n].repeat_interleave(rows, dim=0), v[:, :, :n].repeat_interleave(rows, dim=0), layer)
         return cache
 
 

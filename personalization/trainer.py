@@ -119,11 +119,13 @@ def _is_fresh(model: Any) -> bool:
     return all(not bool(p.any()) for n, p in model.named_parameters() if "lora_B" in n)
 
 
-def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float, disabled: bool = False) -> None:
+def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float, disabled: bool = False,
+                memo: objectives.PrefixMemo | None = None) -> None:
     """The starting model's numbers for the items that lack them: answer log-probabilities of
     both sides of a pair (DPO's reference) and top-k distributions on replay answers.
     ``disabled``: taken with the adapter disabled, which is the starting model for a fresh
-    LoRA at any step, so each item's can wait for its first step; otherwise all are taken
+    LoRA at any step, so each item's can wait for its first step (and the system prompt's keys
+    and values, the base model's, are kept in ``memo`` for every step); otherwise all are taken
     before the first step."""
     import contextlib
 
@@ -135,7 +137,7 @@ def _references(model: Any, items: Sequence[dict[str, Any]], kl_weight: float, d
         return
     model.eval()
     with torch.no_grad(), (model.disable_adapter() if disabled else contextlib.nullcontext()):
-        rows = iter(objectives.answer_rows(model, _sequences(todo)))
+        rows = iter(objectives.answer_rows(model, _sequences(todo), memo=memo if disabled else None))
         for item in todo:
             chosen = next(rows)
             if "rejected" in item:
@@ -162,11 +164,12 @@ def _item_loss(item: dict[str, Any], chosen: tuple[Any, Any], rejected: tuple[An
 
 
 def _batch_loss(model: Any, batch: Sequence[dict[str, Any]], settings: Any,
-                memo: objectives.PrefixMemo | None = None) -> tuple[Any, list[float]]:
+                memo: objectives.PrefixMemo | None = None,
+                base_memo: objectives.PrefixMemo | None = None) -> tuple[Any, list[float]]:
     """The mean loss of a step's items, all their answers in one batched forward (their shared
     context, the system prompt, run once and without grad unless ``prefix_grad``, kept in
     ``memo`` for a few steps)."""
-    _references(model, batch, getattr(settings, "kl_weight", 0.5), disabled=True)
+    _references(model, batch, getattr(settings, "kl_weight", 0.5), disabled=True, memo=base_memo)
     rows = iter(objectives.answer_rows(model, _sequences(batch), prefix_grad=getattr(settings, "prefix_grad", False),
                                        memo=memo))
     losses, values = [], []
@@ -253,6 +256,7 @@ def train(
     batches = _Batches(items, batch_size, rng)
     hooks = _pause_inside_steps(model, should_pause)
     memo = objectives.PrefixMemo(int(getattr(settings, "prefix_refresh", 4)))
+    base_memo = objectives.PrefixMemo(refresh=total + 1)  # the starting model's: it does not move
     loss_ema = float("nan")
     own_ema = float("nan")  # the answer loss on the user's own examples (not replay): early stopping
     target = getattr(settings, "target_loss", 0.0)
@@ -270,7 +274,7 @@ def train(
                 break
             batch = batches.next()
             memo.step = step - 1
-            loss, values = _batch_loss(model, batch, settings, memo)
+            loss, values = _batch_loss(model, batch, settings, memo, base_memo)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()

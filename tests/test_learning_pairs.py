@@ -221,6 +221,13 @@ def test_batched_answer_rows_match_each_sequence_run_on_its_own(tiny_tokenizer):
     assert all(torch.allclose(g_batched[n], g_alone[n], atol=1e-4) for n in g_alone)
     detached = objectives.answer_rows(model, seqs)  # the default: no gradient into the prefix
     assert [float(objectives.row_logprob(*r)[0]) for r in detached] == pytest.approx([float(x) for x in alone], abs=1e-3)
+    memo = objectives.PrefixMemo(refresh=4)  # the prefix kept across steps (the model unchanged here)
+    for _ in range(2):
+        kept = objectives.answer_rows(model, seqs, memo=memo)
+        assert [float(objectives.row_logprob(*r)[0]) for r in kept] == pytest.approx([float(x) for x in alone], abs=1e-3)
+    pair = [seqs[0], seqs[2]]  # a shorter shared context is served from the kept one
+    kept = objectives.answer_rows(model, pair, memo=memo)
+    assert [float(objectives.row_logprob(*r)[0]) for r in kept] == pytest.approx([float(alone[0]), float(alone[2])], abs=1e-3)
 
 
 def test_batches_give_the_users_own_examples_half_the_slots():
