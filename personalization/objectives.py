@@ -20,16 +20,6 @@ from typing import Any, Sequence
 MIN_PREFIX = 16
 
 
-def _shifted(model: Any, ids: Sequence[int], labels: Sequence[int]) -> tuple[Any, Any, Any]:
-    """Logits predicting each labelled token of one sequence, the targets, and their positions' mask."""
-    import torch
-
-    out = model(input_ids=torch.tensor([list(ids)]))
-    logits = out.logits[0, :-1].float()
-    target = torch.tensor(list(labels)[1:])
-    return logits, target, target != -100
-
-
 class PrefixMemo:
     """The shared context's keys and values kept across training steps and recomputed every
     ``refresh`` steps: the adapter moves little in a few steps, and the system prompt's forward
@@ -47,12 +37,13 @@ class PrefixMemo:
         import torch
         from transformers import DynamicCache
 
+        from assistant.batched import prefix_cache
+
         key = tuple(ids)
         kept = self._kept
         if kept is None or self.step - kept[1] >= self.refresh or kept[0][: len(key)] != key:
-            made: Any = DynamicCache()
             with torch.no_grad():
-                model(input_ids=torch.tensor([list(ids)]), cache=made, use_cache=True, logits_to_keep=1)
+                made = prefix_cache(model, key, 1)
             kept = self._kept = (key, self.step, [(layer.keys, layer.values) for layer in made.layers])
         n = len(key)
         cache = DynamicCache()
@@ -118,13 +109,6 @@ def row_logprob(logits: Any, target: Any) -> tuple[Any, Any]:
 
     token_lp = F.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
     return token_lp.sum(), -token_lp.mean()
-
-
-def answer_logprob(model: Any, ids: Sequence[int], labels: Sequence[int]) -> tuple[Any, Any]:
-    """(summed log-probability of the answer tokens, mean next-token loss on them) of one
-    sequence run on its own, with grad: what ``answer_rows`` batches."""
-    logits, target, mask = _shifted(model, ids, labels)
-    return row_logprob(logits[mask], target[mask])
 
 
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: float, ref_rejected: float, beta: float) -> Any:

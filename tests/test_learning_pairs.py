@@ -24,6 +24,16 @@ def _turn(j, conv, message, reply, rating=None, correction=None, sent=None):
     return j.turn(t.id)
 
 
+def _answer_logprob(model, ids, labels):
+    """One sequence run on its own: the oracle ``objectives.answer_rows`` batches."""
+    import torch
+
+    logits = model(input_ids=torch.tensor([list(ids)])).logits[0, :-1].float()
+    target = torch.tensor(list(labels)[1:])
+    keep = target != -100
+    return objectives.row_logprob(logits[keep], target[keep])
+
+
 class Mem:
     def __init__(self, text, attribute="", id="mem-1", kind="fact"):
         self.text, self.attribute, self.id, self.kind = text, attribute, id, kind
@@ -134,7 +144,7 @@ def test_dpo_loss_and_training_on_pairs_prefer_the_chosen_answer(tiny_tokenizer)
         c = trainer.encode(tiny_tokenizer, engine.render, pair, 384)
         r = trainer.encode(tiny_tokenizer, engine.render, dataset.Example(pair.messages, pair.rejected, "x"), 384)
         with torch.no_grad():
-            return float(objectives.answer_logprob(model, *c)[0] - objectives.answer_logprob(model, *r)[0])
+            return float(_answer_logprob(model, *c)[0] - _answer_logprob(model, *r)[0])
 
     before = margin()
     result = trainer.train(model, tiny_tokenizer, engine.render, [pair], s)
@@ -210,7 +220,7 @@ def test_batched_answer_rows_match_each_sequence_run_on_its_own(tiny_tokenizer):
         return out
 
     model.zero_grad()
-    alone = [objectives.answer_logprob(model, ids, labels)[0] for ids, labels in seqs]
+    alone = [_answer_logprob(model, ids, labels)[0] for ids, labels in seqs]
     sum(alone).backward()
     g_alone = grads()
     rows = objectives.answer_rows(model, seqs, prefix_grad=True)
