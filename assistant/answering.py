@@ -150,25 +150,34 @@ def plan_answer(chat: Any, text: str, store: Any) -> Plan:
     has_notes = bool(chat.pack.knowledge_files())
     plan.check_numbers = has_notes
     notes: list[Any] = []
-    order: list[str] = []
     if has_notes:
-        notes_base = store.knowledge(chat.pack.id, chat.pack.knowledge_files())
-        chunks = [c for c in notes_base.query(text, 4) if (c.similarity or 0) >= NOTE_MIN_SIMILARITY]
-        if grounding.is_question(text) and chunks:
-            lead = _lead(store.embedder, notes_base, text, chunks)
-            if lead:
-                plan.lead = " ".join(b.text for b in lead)
-                order = list(dict.fromkeys(b.memory.id for b in lead))
-                by_id = {c.id: c for c in chunks} | {b.memory.id: b.memory for b in lead}
-                notes = [by_id[i] for i in order] + [c for c in chunks if c.id not in order][:1]
-        elif chunks:
-            notes = chunks[:1]
+        plan.lead, notes = domain_notes(store.embedder, store.knowledge(chat.pack.id, chat.pack.knowledge_files()), text)
     plan.recalled = recalled + _to_recalled(notes)
     for i, r in enumerate(plan.recalled, 1):
         r.short_id = f"m{i}"
     # Everything the model was shown can be in its answer (the lead's notes first): all are sources.
     plan.used = list(plan.recalled)
     return plan
+
+
+def domain_notes(embedder: Any, notes_base: Any, text: str) -> tuple[str, list[Any]]:
+    """What the pack's notes give a message: the lead (their sentences an answer to a question
+    starts with; "" for none) and the note chunks shown to the model, the lead's first.
+
+    A question is shown notes only when some of their sentences answer it; other messages get
+    the closest note. Pack training (``personalization.grounded``) builds its prompts with this too."""
+    chunks = [c for c in notes_base.query(text, 4) if (c.similarity or 0) >= NOTE_MIN_SIMILARITY]
+    if not chunks:
+        return "", []
+    if not grounding.is_question(text):
+        return "", chunks[:1]
+    lead = _lead(embedder, notes_base, text, chunks)
+    if not lead:
+        return "", []
+    order = list(dict.fromkeys(b.memory.id for b in lead))
+    by_id = {c.id: c for c in chunks} | {b.memory.id: b.memory for b in lead}
+    notes = [by_id[i] for i in order] + [c for c in chunks if c.id not in order][:1]
+    return " ".join(b.text for b in lead), notes
 
 
 # "What is the difference between a will and a power of attorney?": an answer needs both.

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -144,10 +145,7 @@ class Learner:
         pack = self.assistant.pack(pack_id)
         store = pack_store(pack_id)
         store.clean_staging()
-        system = pack.system_prompt()
-        seed = pack.train_examples()
-        examples = [dataset_mod.Example([{"role": "system", "content": system}, {"role": "user", "content": e["prompt"]}],
-                                        e["answer"], "seed", turn_id=e["id"]) for e in seed]
+        examples = self._pack_examples(pack)
         data = dataset_mod.Dataset()
         for i, ex in enumerate(sorted(examples, key=lambda e: e.turn_id)):
             # Every 5th example is held out for the gate, at most 16 (scoring generates answers).
@@ -158,6 +156,22 @@ class Learner:
                                      time_budget_s=max(self.settings.time_budget_s, time_budget_s))
         return self._round("_pack", pack, store, data, (store, current) if current else None, t0, on_progress, None,
                            budget)
+
+    def _pack_examples(self, pack: Any) -> list[Any]:
+        """A pack with notes: grounding examples (``personalization.grounded``), its seed questions
+        asked with the notes the chat would show; without notes: the seed examples as written."""
+        system = pack.system_prompt()
+        seed = pack.train_examples()
+        if not pack.knowledge_files():
+            return [dataset_mod.Example([{"role": "system", "content": system}, {"role": "user", "content": e["prompt"]}],
+                                        e["answer"], "seed", turn_id=e["id"]) for e in seed]
+        from memory import embedder as embedder_mod
+        from memory.knowledge import KnowledgeBase
+        from personalization import grounded
+
+        embedder = embedder_mod.get(self.assistant.settings.memory.embedder)
+        notes = KnowledgeBase.open(pack.id, embedder, pack.knowledge_files())
+        return grounded.build(seed, notes, embedder, system, random.Random(self.settings.seed))
 
     @staticmethod
     def _screen(data: Any, pack: Any, mem: Any) -> list[str]:
