@@ -117,3 +117,80 @@ def test_a_training_prompt_is_the_prompt_a_chat_turn_sends(general_examples, rea
             assert all(ln in notes for ln in sent.splitlines() if ln.startswith("- ")), (sent, _user(example))
         assert turn.prompt[0]["content"] == example.messages[0]["content"]
     assert checked >= 3
+
+
+_GLAZES = """# House glazes
+
+## Plum glaze
+
+The plum glaze simmers for 17 minutes and takes 40 grams of brown sugar per litre of juice.
+
+## Fig glaze
+
+The fig glaze rests for 9 hours in the fridge before it is brushed on.
+"""
+
+
+def _mini_pack(root) -> None:
+    """A pack whose facts no model can know: only its notes say them."""
+    import json
+
+    (root / "knowledge").mkdir(parents=True)
+    (root / "knowledge" / "glazes.md").write_text(_GLAZES)
+    (root / "pack.toml").write_text(
+        'schema_version = 1\nid = "glazes"\nname = "Glazes"\nversion = "1.0.0"\n'
+        'description = "The house glazes."\npersona = "You are the kitchen\'s glaze assistant. Answer briefly."\n'
+        'disclaimer = ""\nsafety_rules = []\nstarter_questions = []\n')
+    asks = [("How long does the plum glaze simmer?", "The plum glaze simmers for 17 minutes."),
+            ("What is the simmering time of the plum glaze?", "It simmers for 17 minutes."),
+            ("How much sugar goes in the plum glaze?", "40 grams of brown sugar per litre of juice."),
+            ("Which sugar does the plum glaze take?", "Brown sugar, 40 grams per litre of juice."),
+            ("How long must the fig glaze rest?", "The fig glaze rests for 9 hours in the fridge."),
+            ("Where does the fig glaze rest before use?", "In the fridge, for 9 hours."),
+            ("When can I brush on the fig glaze?", "After it has rested 9 hours in the fridge."),
+            ("Plum glaze cooking time?", "17 minutes at a simmer.")]
+    rows = [{"id": f"glazes-train-{i:03d}", "prompt": q, "answer": a} for i, (q, a) in enumerate(asks * 2)]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    probes = [{"id": "glazes-eval-001", "ask": "For how many minutes is the plum glaze simmered?", "expect_any": ["17"]},
+              {"id": "glazes-eval-002", "ask": "How many hours does the fig glaze need to rest?", "expect_any": ["9"]}]
+    (root / "eval.jsonl").write_text("\n".join(json.dumps(p) for p in probes) + "\n")
+
+
+@pytest.mark.real
+def test_pack_training_on_the_real_model_teaches_it_to_answer_from_the_notes_shown(real_engine, home):
+    """`assistant pack train` on a pack whose facts only its notes hold: the gate promotes the
+    grounding adapter, a new user's chat runs on it, and where the chat shows a note without
+    starting the answer from it (a statement, not a question), the model now says what the note
+    says; the base model, shown the same note, did so less often."""
+    from assistant import paths
+    from assistant.core import Assistant
+    from personalization.learner import Learner
+
+    _mini_pack(paths.user_packs_dir() / "glazes")
+    settings = settings_mod.load(env={})
+    assistant = Assistant(settings, engine=real_engine, learner=Learner)
+    said = {"I want to make the plum glaze tonight.": "17", "I'm making the fig glaze for a party tomorrow.": "9"}
+
+    def answers(use_adapter: bool) -> dict[str, str]:
+        out = {}
+        for message in said:
+            chat = assistant.chat("newcomer", "glazes", use_adapter=use_adapter)
+            reply = chat.send(message, temperature=0, max_new_tokens=40, seed=0)
+            out[message] = reply.collect()
+            assert any(m.kind == "knowledge" for m in reply.memories)  # the note was in the prompt
+        return out
+
+    try:
+        before = answers(False)
+        result = assistant.learner.train_pack("glazes", steps=24)
+        assert result.promoted, result.table()
+        after = answers(True)
+        chat = assistant.chat("newcomer", "glazes")
+        reply = chat.send("I want to make the plum glaze tonight.", temperature=0, max_new_tokens=8, seed=0)
+        reply.collect()
+        assert reply.adapter and reply.adapter.startswith("_pack/glazes/")  # a new user starts from it
+        copied = [m for m, figure in said.items() if figure in after[m]]
+        assert len(copied) == len(said), after
+        assert sum(figure in before[m] for m, figure in said.items()) < len(copied), before
+    finally:
+        real_engine.set_adapter(None, None)
