@@ -187,6 +187,8 @@ class AdapterStore:
         trained_on = meta.get("base_model") or "another model"
         fix = (f"it is not used. Retrain it for this model with `assistant learn --user {self.user} --pack {self.pack}`, "
                "or switch model.name back")
+        if self.user in (PACK_USER, SHIPPED_USER):
+            fix = f"it is not used. Train the pack's adapter for this model with `assistant pack train {self.pack}`"
         if recorded is not None:
             if recorded != here:
                 return f"adapter {self.user}/{self.pack}/{version} was trained on {trained_on} (config {recorded}), not on this model (config {here}): {fix}"
@@ -243,17 +245,34 @@ def saw(meta: dict[str, Any], turn_ids: set[str], memory_ids: set[str], since: f
     return since is None or not isinstance(created, (int, float)) or created >= since
 
 
+PACK_USER = "_pack"  # the owner name of a pack's adapters trained on this machine
+SHIPPED_USER = "_shipped"  # ... and of the one that came with the pack
+
+
 def pack_store(pack: str) -> AdapterStore:
     """The pack's starting adapter (``assistant pack train``), shared by all users of the machine."""
-    return AdapterStore("_pack", pack, root=paths.pack_adapters_dir(pack))
+    return AdapterStore(PACK_USER, pack, root=paths.pack_adapters_dir(pack))
 
 
-def live_for(user: str, pack: str, model: Any = None, reasons: list[str] | None = None) -> tuple[AdapterStore, str] | None:
-    """The adapter that applies to ``user`` in ``pack``: their own, else the pack's, else none.
+def shipped_store(pack: str, folder: Path | None) -> AdapterStore | None:
+    """The starting adapter a pack ships in its ``adapter/`` folder (read only), if it has one.
+
+    A pack developer puts it there from ``assistant pack train`` (see docs/packs.md); one trained
+    on this machine (``pack_store``) comes first."""
+    if folder is None or not (folder / CURRENT).is_file():
+        return None
+    return AdapterStore(SHIPPED_USER, pack, root=folder)
+
+
+def live_for(user: str, pack: str, model: Any = None, reasons: list[str] | None = None,
+             shipped: Path | None = None) -> tuple[AdapterStore, str] | None:
+    """The adapter that applies to ``user`` in ``pack``: their own, else the pack's trained on
+    this machine, else the one the pack ships in ``shipped`` (its ``adapter/`` folder), else none.
 
     With ``model``, an adapter trained on another model is skipped and the reason (a notice for
     the user) is appended to ``reasons``."""
-    for store in (AdapterStore(user, pack), pack_store(pack)):
+    stores = [AdapterStore(user, pack), pack_store(pack), shipped_store(pack, shipped)]
+    for store in (s for s in stores if s is not None):
         current = store.current()
         if current is None:
             continue

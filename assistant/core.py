@@ -391,7 +391,8 @@ class Chat:
         wanted = None
         deltas = None
         reasons: list[str] = []
-        found = live_for(self.user, self.pack.id, engine.model, reasons) if self.use_adapter else None
+        found = (live_for(self.user, self.pack.id, engine.model, reasons, shipped=self.pack.adapter_dir())
+                 if self.use_adapter else None)
         if hasattr(reply, "notices"):  # an adapter trained on another base model is skipped, and the user told
             reply.notices += reasons
         if found is not None:

@@ -78,6 +78,10 @@ class Pack:
             text += "\nRules:\n" + "\n".join(f"- {r}" for r in self.safety_rules)
         return text
 
+    def adapter_dir(self) -> Path:
+        """Where the pack keeps the starting adapter it ships (``adapters.shipped_store``)."""
+        return self.root / "adapter"
+
     def knowledge_files(self) -> list[Path]:
         return sorted((self.root / "knowledge").glob("*.md"))
 
@@ -160,7 +164,22 @@ def _validate(root: Path, probe: bool) -> list[Problem]:
     cases = root / "safety_cases.jsonl"
     if cases.is_file() and manifest_ok and not any(p.file == str(cases) for p in problems):
         problems += _check_safety_cases(root, data)
-    return problems
+    return problems + _check_adapter(root / "adapter")
+
+
+def _check_adapter(folder: Path) -> list[Problem]:
+    """A shipped starting adapter: ``CURRENT`` names a version with its weights and meta.json."""
+    if not folder.exists():
+        return []
+    current = folder / "CURRENT"
+    name = current.read_text().strip() if current.is_file() else ""
+    if not name:
+        return [Problem(str(current), None, None, "missing or empty: write the version to use (e.g. v0001) into it")]
+    missing = [f for f in ("adapter_model.safetensors", "adapter_config.json", "meta.json") if not (folder / name / f).is_file()]
+    if missing:
+        return [Problem(str(folder / name), None, None, f"{', '.join(missing)} missing: copy the whole version folder "
+                        "that `assistant pack train` wrote")]
+    return []
 
 
 def _check_manifest(manifest: Path, text: str, data: dict[str, Any], probe: bool = True) -> list[Problem]:

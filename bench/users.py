@@ -229,7 +229,7 @@ class Runner:
         phases["learn"] = time.perf_counter() - t
         variants: dict[str, list[dict[str, Any]]] = {}
         decode = {"tokens": 0, "seconds": 0.0}
-        has_adapter = live_for(uid, pack) is not None
+        has_adapter = live_for(uid, pack, self.a.engine.model, shipped=self.a.pack(pack).adapter_dir()) is not None
         for v in self.cfg.variants:
             t = time.perf_counter()
             same = {"adapter": "base", "memory+adapter": "memory"}.get(v)

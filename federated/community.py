@@ -22,7 +22,7 @@ from federated.config import fed_dir
 class Community:
     def __init__(self, pack_id: str, seed: int = 0, engine: Any = None) -> None:
         from assistant import settings as settings_mod
-        from assistant.adapters import pack_store
+        from assistant.adapters import pack_store, shipped_store
         from assistant.core import Assistant
         from federated.evaluation import CommunityEval, load_heldout
         from federated.local import load_training_engine
@@ -33,9 +33,15 @@ class Community:
         self.store = pack_store(pack_id)
         self.store.clean_staging()
         cur = self.store.current()
+        shipped = shipped_store(pack_id, self.pack.adapter_dir())
+        shipped_cur = shipped.current() if shipped is not None else None
         if cur is not None:
             self.published = lora.read(self.store.path(cur))
             self.version = str(self.store.meta(cur).get("community_version") or f"pack-{cur}")
+        elif shipped is not None and shipped_cur is not None:
+            # the community starts from the adapter the pack ships, like every user does
+            self.published = lora.read(shipped.path(shipped_cur))
+            self.version = f"shipped-{shipped_cur}"
         else:
             self.published = self._fresh(seed)
             self.version = "fresh"

@@ -133,7 +133,7 @@ class Learner:
         # pack's starting adapter (`assistant pack train`), else the base model.
         from assistant.adapters import live_for
 
-        source = live_for(user, pack_id)
+        source = live_for(user, pack_id, self.assistant.engine.model, shipped=pack.adapter_dir())
         return self._round(user, pack, store, data, source, t0, on_progress, should_stop)
 
     def train_pack(self, pack_id: str, *, steps: int | None = None, time_budget_s: float = 1200.0,

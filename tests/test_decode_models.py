@@ -51,6 +51,36 @@ def test_an_adapter_without_a_recorded_base_is_checked_by_its_shapes(home, tiny_
     assert live_for("bob", "general", wider, reasons) is None and reasons
 
 
+def test_a_pack_ships_its_starting_adapter_and_one_trained_here_comes_first(home, tiny_tokenizer):
+    """A pack's `adapter/` folder applies to every user who has no adapter of their own; a pack
+    adapter trained on this machine wins over it; another model skips it and says how to fix it."""
+    import shutil
+
+    from assistant.adapters import pack_store
+    from assistant.packs import validate
+    from tests.conftest import copy_pack
+
+    model = make_tiny_model(tiny_tokenizer)
+    pack = copy_pack("general", home / "elsewhere")
+    made = AdapterStore("_pack", "general", root=home / "made")
+    version = _publish(made, make_tiny_model(tiny_tokenizer), base=model)
+    shutil.copytree(made.path(version), pack / "adapter" / version)
+    assert any("CURRENT" in p.file for p in validate(pack, probe=False))  # a version alone is not enough
+    (pack / "adapter" / "CURRENT").write_text(version)
+    assert validate(pack, probe=False) == []
+    found = live_for("carol", "general", model, shipped=pack / "adapter")
+    assert found is not None and found[0].user == "_shipped" and found[0].root == pack / "adapter"
+    local = _publish(pack_store("general"), make_tiny_model(tiny_tokenizer), base=model)
+    found = live_for("carol", "general", model, shipped=pack / "adapter")
+    assert found is not None and found[0].user == "_pack" and found[1] == local
+    shutil.rmtree(pack_store("general").root)
+    reasons: list[str] = []
+    assert live_for("carol", "general", make_tiny_model(tiny_tokenizer, "qwen2"), reasons, shipped=pack / "adapter") is None
+    assert "assistant pack train general" in reasons[0]
+    (pack / "adapter" / version / "meta.json").unlink()
+    assert any("meta.json missing" in p.message for p in validate(pack, probe=False))
+
+
 def test_gemma_turn_format_without_a_shipped_template():
     from jinja2 import Template
 

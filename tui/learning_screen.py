@@ -117,6 +117,9 @@ class LearningScreen(ModalScreen[None]):
         self.query_one("#versions", OptionList).focus()
 
     # ------------------------------------------------------------------ data
+    def _pack_adapter_dir(self) -> Any:
+        return self.assistant.pack(self.pack).adapter_dir()
+
     def _store(self) -> Any:
         from assistant.adapters import AdapterStore
 
@@ -181,9 +184,12 @@ class LearningScreen(ModalScreen[None]):
         self.live = live
         pack_live = None
         try:
-            from assistant.adapters import pack_store
+            from assistant.adapters import pack_store, shipped_store
 
             pack_live = pack_store(self.pack).current()
+            if pack_live is None:
+                shipped = shipped_store(self.pack, self._pack_adapter_dir())
+                pack_live = f"{shipped.current()} (shipped with the pack)" if shipped and shipped.current() else None
         except Exception:  # noqa: BLE001
             pass
         base = "base model (no personal adapter)" + (f" [dim]· the pack's starting adapter {pack_live} applies[/]" if pack_live else "")
