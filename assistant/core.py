@@ -391,8 +391,9 @@ class Chat:
         wanted = None
         deltas = None
         reasons: list[str] = []
+        # an engine without torch weights of its own (model None) cannot merge an adapter
         found = (live_for(self.user, self.pack.id, engine.model, reasons, shipped=self.pack.adapter_dir())
-                 if self.use_adapter else None)
+                 if self.use_adapter and engine.model is not None else None)
         if hasattr(reply, "notices"):  # an adapter trained on another base model is skipped, and the user told
             reply.notices += reasons
         if found is not None:

@@ -72,9 +72,14 @@ def gate_checks(gate: dict[str, Any], learning: Any) -> list[tuple[bool | None, 
         out.append((ce <= le * (1 + tol) + 1e-9,
                     f"pack eval loss {le:.3f} -> {ce:.3f} (may rise at most {tol:.0%})"))
     lp, cp = _num(live.get("eval_pass")), _num(cand.get("eval_pass"))
+    wp, wc = _num(live.get("eval_pass_all")), _num(cand.get("eval_pass_all"))
+    where = ""
+    if not (math.isnan(wp) or math.isnan(wc)):  # a second look on more probes decided (gate.second_look)
+        lp, cp, where = wp, wc, " on all the pack's probes"
     if not (math.isnan(lp) or math.isnan(cp)):
         tol = learning.eval_pass_tolerance
-        out.append((cp >= lp - tol - 1e-9, f"pack eval pass rate {lp:.0%} -> {cp:.0%} (may drop at most {tol:.0%})"))
+        out.append((cp >= lp - tol - 1e-9,
+                    f"pack eval pass rate{where} {lp:.0%} -> {cp:.0%} (may drop at most {tol:.0%})"))
     lg, cg = _num(live.get("guard_ppl")), _num(cand.get("guard_ppl"))
     if not (math.isnan(lg) or math.isnan(cg)):
         tol = learning.guard_tolerance

@@ -57,6 +57,10 @@ class Receipt:
         return "\n".join(lines)
 
 
+# what a forget that removed every version of a user's adapter leaves applying
+NO_OWN_VERSION = "none of their own (the pack's starting adapter applies, else the base model)"
+
+
 def forget(
     user: str, settings: Any, *, ids: Sequence[str] = (), search: str | None = None, everything: bool = False,
     assistant: Any = None,
@@ -210,7 +214,7 @@ def unlearn(user: str, turn_ids: set[str], memory_ids: set[str], since: float | 
         if live in tainted:
             target = clean[-1] if clean else None
             store.set_current(target)
-            out.append(f"{store.pack}: live version {live} had learned it; rolled back to {target or 'the base model'}")
+            out.append(f"{store.pack}: live version {live} had learned it; rolled back to {target or NO_OWN_VERSION}")
         for v in tainted:
             store.delete(v)
         out.append(f"{store.pack}: deleted version(s) {', '.join(tainted)} that trained on it")

@@ -3,8 +3,9 @@ beside the model alone (no memory, no notes), plus an audit of every number in t
 
     python -m bench.pack_eval [--packs chef,doctor,lawyer] [--limit N] [--out FILE] [--pack-adapters]
 
-``--pack-adapters`` gives the grounded side the packs' starting adapters (``assistant pack train``)
-of the data directory the command runs in, as a new user of that machine gets them.
+``--pack-adapters`` gives the grounded side the packs' starting adapters, as a new user of the
+machine gets them: those trained in the data directory the command runs in (``assistant pack
+train``), else the ones the packs ship in ``adapter/``.
 
 A number in an answer is *unsupported* when it appears in neither the notes the turn recalled,
 the pack's safety rules and red-flag messages, nor the question. The goal is 0.
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write every answer as JSON here")
     ap.add_argument("--no-alone", action="store_true", help="skip the model-alone comparison (half the time)")
     ap.add_argument("--pack-adapters", action="store_true",
-                    help="the grounded side uses this data directory's pack adapters (assistant pack train)")
+                    help="the grounded side uses the packs' starting adapters (this data directory's, else shipped)")
     args = ap.parse_args(argv)
     from assistant import paths, settings
     from assistant.core import Assistant
@@ -83,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="pack-eval-"))
     if models.is_dir():
         (home / "models").symlink_to(models, target_is_directory=True)
-    if args.pack_adapters:
-        if not trained.is_dir():
-            ap.error(f"--pack-adapters: {trained} holds no pack adapters; run `assistant pack train NAME` first")
+    if args.pack_adapters and trained.is_dir():  # else the ones the packs ship (their adapter/ folder)
         (home / "pack-adapters").symlink_to(trained, target_is_directory=True)
     os.environ["ASSISTANT_HOME"] = str(home)
     assistant = Assistant(settings.load())

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
 from assistant import batched
@@ -34,6 +34,9 @@ class Scores:
     guard_ppl: float
     eval_pass: float = float("nan")  # greedy answers to the pack's eval probes containing an expected keyword
     near_loss: float = float("nan")  # the pack's reference answers to questions like the user's corrections
+    # the pass rate over all the pack's probes (up to ``WIDE_PROBES``): measured on both sides only
+    # for a second look, when the first probes alone would reject the round (``second_look``)
+    eval_pass_all: float = float("nan")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Decision:
                 ("user held-out answer match", "user_match", "{:.0%}"),
                 ("pack eval answer loss", "eval_loss", "{:.3f}"),
                 ("pack eval pass rate (greedy answers)", "eval_pass", "{:.0%}"),
+                ("  second look: all the pack's probes", "eval_pass_all", "{:.0%}"),
                 ("guard-set perplexity", "guard_ppl", "{:.2f}"),
                 ("pack answers near the corrections, loss", "near_loss", "{:.3f}")]
         lines = [f"{'':40} {'live':>10} {'candidate':>10}"]
@@ -57,6 +61,8 @@ class Decision:
             return "–" if value != value else fmt.format(value)  # NaN: not measured
 
         for label, key, fmt in rows:
+            if key == "eval_pass_all" and self.candidate.eval_pass_all != self.candidate.eval_pass_all:
+                continue  # no second look was needed
             lines.append(f"{label:40} {cell(getattr(self.live, key), fmt):>10} {cell(getattr(self.candidate, key), fmt):>10}")
         verdict = "PROMOTED" if self.promote else "REJECTED"
         note = "" if self.heldout_is_separate else " (too few examples to hold some out: scored on the training examples)"
@@ -236,8 +242,10 @@ def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool,
     improved = loss_improved(live, cand, min_gain) or match_up
     eval_tol, pass_tol, guard_tol = max(settings.eval_tolerance, 0.0), settings.eval_pass_tolerance, settings.guard_tolerance
     loss_ok = cand.eval_loss <= live.eval_loss * (1 + eval_tol) + 1e-9 or math.isnan(live.eval_loss)
-    pass_ok = (math.isnan(live.eval_pass) or math.isnan(cand.eval_pass)
-               or cand.eval_pass >= live.eval_pass - pass_tol - 1e-9)
+    # a second look (more probes on both sides) replaces the first probes' verdict
+    wide = not (math.isnan(live.eval_pass_all) or math.isnan(cand.eval_pass_all))
+    live_pass, cand_pass = (live.eval_pass_all, cand.eval_pass_all) if wide else (live.eval_pass, cand.eval_pass)
+    pass_ok = math.isnan(live_pass) or math.isnan(cand_pass) or cand_pass >= live_pass - pass_tol - 1e-9
     near_ok = math.isnan(live.near_loss) or math.isnan(cand.near_loss) or cand.near_loss <= live.near_loss * (1 + eval_tol) + 1e-9
     guard_ok = cand.guard_ppl <= live.guard_ppl * (1 + guard_tol)
     matched = ("" if cand.user_match != cand.user_match else
@@ -250,8 +258,9 @@ def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool,
                   f"{live.near_loss:.3f} -> {cand.near_loss:.3f}, +{_rise(live.near_loss, cand.near_loss):.0%} > "
                   f"{eval_tol:.0%} allowed")
     elif not pass_ok:
-        reason = (f"the pack's eval answers got worse: pass rate {live.eval_pass:.0%} -> {cand.eval_pass:.0%}, "
-                  f"drop {live.eval_pass - cand.eval_pass:.0%} > {pass_tol:.0%} allowed")
+        where = " on all the pack's probes" if wide else ""
+        reason = (f"the pack's eval answers got worse: pass rate{where} {live_pass:.0%} -> {cand_pass:.0%}, "
+                  f"drop {live_pass - cand_pass:.0%} > {pass_tol:.0%} allowed")
     elif not loss_ok:
         reason = (f"the pack's eval answers got worse: loss {live.eval_loss:.3f} -> {cand.eval_loss:.3f}, "
                   f"+{_rise(live.eval_loss, cand.eval_loss):.1%} > {eval_tol:.0%} allowed")
@@ -259,10 +268,30 @@ def decide(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool,
         reason = (f"general ability regressed: guard perplexity {live.guard_ppl:.2f} -> {cand.guard_ppl:.2f}, "
                   f"+{_rise(live.guard_ppl, cand.guard_ppl):.1%} > {guard_tol:.0%} allowed")
     else:
-        reason = (f"held-out gain {gain:.1%} (>= {min_gain:.0%} needed){matched}; pack eval loss "
+        looked = (f"; pack eval pass rate on all the pack's probes {live_pass:.0%} -> {cand_pass:.0%} "
+                  f"(the first {live.eval_pass:.0%} -> {cand.eval_pass:.0%} asked for a second look)" if wide else "")
+        reason = (f"held-out gain {gain:.1%} (>= {min_gain:.0%} needed){matched}{looked}; pack eval loss "
                   f"{_rise(live.eval_loss, cand.eval_loss):+.1%} (<= {eval_tol:.0%}), guard perplexity "
                   f"{_rise(live.guard_ppl, cand.guard_ppl):+.1%} (<= {guard_tol:.0%})")
     return Decision(improved and loss_ok and pass_ok and near_ok and guard_ok, reason, live, cand, heldout_is_separate)
+
+
+# A second look at the pack eval pass rate measures it on this many of the pack's probes.
+WIDE_PROBES = 48
+
+
+def second_look(live: Scores, cand: Scores, settings: Any, heldout_is_separate: bool) -> bool:
+    """Whether the pass rate on the first probes is the only thing that rejects the candidate.
+
+    Sixteen greedy answers move by a probe or two when any weight changes, so a round that
+    improves the user's answers and keeps every other check may lose that many by chance; the
+    pass rate is then measured again on more of the pack's probes (``eval_pass_all``) on both
+    sides, and that decides."""
+    if decide(live, cand, settings, heldout_is_separate).promote:
+        return False
+    if not (math.isnan(live.eval_pass_all) and math.isnan(cand.eval_pass_all)):
+        return False  # already looked
+    return decide(live, replace(cand, eval_pass=live.eval_pass), settings, heldout_is_separate).promote
 
 
 class BaseNumbers:

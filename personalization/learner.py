@@ -45,6 +45,8 @@ class RoundResult:
     seconds: float
     message: str = ""
     stopped: str = ""
+    fallback: str = ""  # when the user has no live version of their own: the pack's adapter that applies
+
 
     def table(self) -> str:
         why = f" ({self.stopped})" if self.stopped else ""
@@ -52,7 +54,9 @@ class RoundResult:
                 f"{self.train_seconds:.0f} s training ({self.train_tokens / max(self.train_seconds, 1e-9):.0f} tokens/s), "
                 f"{self.seconds:.0f} s in all")
         body = "\n".join(x for x in (self.decision.table() if self.decision else "", self.message) if x)
-        tail = f"live adapter: {self.live or 'none (base model)'}"
+        own = self.live or (f"none of its own: the pack's starting adapter {self.fallback} applies" if self.fallback
+                            else "none (base model)")
+        tail = f"live adapter: {own}"
         return "\n".join([head, body, tail])
 
 
@@ -205,7 +209,8 @@ class Learner:
         if not data.train:
             result = RoundResult(user, pack_id, False, None, live, None, 0, 0, 0.0, 0, time.perf_counter() - t0,
                                  f"nothing to learn: {note}" if note else
-                                 "nothing to learn yet: rate (/good) or correct (/correct) some answers first")
+                                 "nothing to learn yet: rate (/good) or correct (/correct) some answers first",
+                                 fallback=self._fallback(source, store, live))
             self._remember(store, started, result)
             return result
         engine = self.assistant.engine
@@ -255,12 +260,18 @@ class Learner:
                     store.prune(keep)
             out = RoundResult(user, pack_id, decision.promote, version, live, decision, len(examples), trained.steps,
                               trained.seconds, trained.tokens, time.perf_counter() - t0, message=note,
-                              stopped=trained.stopped)
+                              stopped=trained.stopped, fallback=self._fallback(source, store, live))
             self._remember(store, started, out)
             return out
         finally:
             self._running.pop(key, None)
             store.clean_staging()
+
+    @staticmethod
+    def _fallback(source: Any, store: AdapterStore, live: str | None) -> str:
+        if live is not None or source is None or source[0].user == store.user:
+            return ""
+        return f"{source[0].user}/{source[0].pack}/{source[1]}"
 
     @staticmethod
     def _gating(report: Callable[[trainer_mod.Progress], None], examples: int, loss: float) -> Callable[[int], None]:
@@ -309,7 +320,17 @@ class Learner:
             with live_side():
                 live_scores.user_match = gate_mod.answer_match(scorer, engine.tokenizer, engine.render,
                                                                data.heldout, engine.eos_ids)
-        return gate_mod.decide(live_scores, cand, self.settings, data.heldout_is_separate), sets
+        separate = data.heldout_is_separate
+        if gate_mod.second_look(live_scores, cand, self.settings, separate):
+            wide = gate_mod.eval_examples(pack.eval_probes(), pack.system_prompt(), limit=gate_mod.WIDE_PROBES)
+            if len(wide) > len(evals):
+                with live_side():
+                    live_scores.eval_pass_all = gate_mod.eval_pass_rate(scorer, engine.tokenizer, engine.render,
+                                                                        wide, engine.eos_ids)
+                with gate_mod.merged(model):
+                    cand.eval_pass_all = gate_mod.eval_pass_rate(model, engine.tokenizer, engine.render, wide,
+                                                                 engine.eos_ids)
+        return gate_mod.decide(live_scores, cand, self.settings, separate), sets
 
     def _base_model(self, engine: Any) -> Any:
         """A float32 copy of the base weights (the engine's may hold a merged adapter)."""

@@ -252,6 +252,28 @@ def test_gate_promotes_only_real_improvements_without_regressions():
     assert not gate.loss_improved(live_nm, gate.Scores(1.99, nan, 2.0, 20.0))  # under the 2% minimum gain
 
 
+
+def test_a_pass_rate_drop_on_the_first_probes_alone_gets_a_second_look_on_more_of_them():
+    from dataclasses import replace
+
+    s = settings_mod.load(env={}).learning
+    live = gate.Scores(user_loss=2.0, user_match=0.0, eval_loss=2.0, guard_ppl=20.0, eval_pass=0.25)
+    cand = gate.Scores(user_loss=0.1, user_match=1.0, eval_loss=1.7, guard_ppl=19.0, eval_pass=0.125)
+    assert not gate.decide(live, cand, s, True).promote  # 4 -> 2 of 16 probes
+    assert gate.second_look(live, cand, s, True)
+    # other checks failing too: no second look, the round is rejected as it stands
+    assert not gate.second_look(live, replace(cand, guard_ppl=30.0), s, True)
+    assert not gate.second_look(live, replace(cand, user_loss=2.0, user_match=0.0), s, True)
+    # the wider measurement decides, either way, and says so
+    kept = gate.decide(replace(live, eval_pass_all=0.30), replace(cand, eval_pass_all=0.29), s, True)
+    assert kept.promote and "second look" in kept.reason and "30% -> 29%" in kept.reason
+    assert "second look: all the pack's probes" in kept.table()
+    assert not gate.second_look(replace(live, eval_pass_all=0.30), replace(cand, eval_pass_all=0.10), s, True)
+    lost = gate.decide(replace(live, eval_pass_all=0.30), replace(cand, eval_pass_all=0.10), s, True)
+    assert not lost.promote and "on all the pack's probes 30% -> 10%" in lost.reason
+    assert lost.to_json()["candidate"]["eval_pass_all"] == 0.10
+    assert "second look" not in gate.decide(live, replace(cand, eval_pass=0.25), s, True).table()
+
 @pytest.mark.parametrize("moment", ["training", "saving"])
 @pytest.mark.slow
 def test_a_real_kill_leaves_the_previous_version_live(home, tmp_path, tiny_tokenizer, moment):

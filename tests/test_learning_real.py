@@ -71,7 +71,7 @@ def test_corrections_teach_a_fact_and_the_gate_promotes_it(home, real_engine):
 
 
 def test_six_corrections_are_recalled_by_the_adapter_alone_and_rollback_removes_it(home, real_engine):
-    from assistant.adapters import AdapterStore
+    from assistant.adapters import AdapterStore, live_for
 
     assistant = Assistant(_step_bound_settings(), engine=real_engine, learner=Learner)
     assistant.pack("chef")
@@ -98,7 +98,9 @@ def test_six_corrections_are_recalled_by_the_adapter_alone_and_rollback_removes_
     assert sum("Biscuit" in text for text, _ in answers) >= 2, answers
     assert AdapterStore("lee", "chef").rollback("none") is None
     after = recalled()
-    assert all(a is None for _, a in after)  # the base model again
+    # the user's own adapter is gone: the pack's starting adapter (if it ships one) or the base model again
+    starting = live_for("lee", "chef", real_engine.model, shipped=assistant.pack("chef").adapter_dir())
+    assert all(a == (f"{starting[0].user}/chef/{starting[1]}" if starting else None) for _, a in after), after
     assert not any("Biscuit" in text for text, _ in after), after
 
 
@@ -116,6 +118,10 @@ def test_a_poisoned_round_is_rejected(home, real_engine):
     print(result.table())
     assert not result.promoted, result.table()
     assert result.live is None
+    from assistant.adapters import live_for
+
+    if live_for("mallory", "chef", real_engine.model, shipped=assistant.pack("chef").adapter_dir()):
+        assert "the pack's starting adapter _shipped/chef/" in result.table()  # what applies meanwhile
     # the round says why: the figure, and the note (file and heading) it contradicts
     assert "50 °C contradicts the pack's notes" in result.table() and "74" in result.table()
     status = assistant.learner.status("mallory", "chef")

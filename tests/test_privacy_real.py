@@ -10,7 +10,7 @@ import pytest
 
 from assistant import paths, privacy
 from assistant import settings as settings_mod
-from assistant.adapters import AdapterStore
+from assistant.adapters import AdapterStore, live_for
 from assistant.core import Assistant
 from personalization import dataset
 from personalization.learner import Learner
@@ -54,4 +54,7 @@ def test_forgetting_the_parrot_reaches_memory_journal_training_set_and_adapter(h
     assert NAME not in json.dumps([[e.messages, e.answer, e.rejected] for e in data.train + data.pairs + data.heldout])
     reply = assistant.chat("pia", "chef").send("What is my parrot called?", temperature=0, max_new_tokens=24)
     text = reply.collect()
-    assert NAME not in text and reply.adapter is None, text
+    # none of pia's versions applies: the pack's starting adapter (if it ships one) or none
+    starting = live_for("pia", "chef", real_engine.model, shipped=assistant.pack("chef").adapter_dir())
+    assert starting is None or starting[0].user != "pia"
+    assert NAME not in text and not (reply.adapter or "").startswith("pia/"), text
