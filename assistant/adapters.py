@@ -201,6 +201,10 @@ class AdapterStore:
                 return f"adapter {self.user}/{self.pack}/{version} does not fit this model ({name}): {fix}"
         return None
 
+    def label(self, version: str) -> str:
+        """How a reply and a round name this version: ``user/pack/vNNNN``."""
+        return f"{self.user}/{self.pack}/{version}"
+
     def deltas(self, version: str, model: Any) -> dict[str, Any] | None:
         """The weight deltas of a version (peft's own ``get_delta_weight``), keyed by the base parameter name;
         None when it was trained on another model (``misfit`` says why)."""

@@ -398,7 +398,7 @@ class Chat:
             reply.notices += reasons
         if found is not None:
             store, current = found
-            wanted = f"{store.user}/{self.pack.id}/{current}"
+            wanted = store.label(current)
             if engine.adapter_id != wanted:
                 deltas = store.deltas(current, engine.model)
                 if deltas is None:

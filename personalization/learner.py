@@ -47,7 +47,6 @@ class RoundResult:
     stopped: str = ""
     fallback: str = ""  # when the user has no live version of their own: the pack's adapter that applies
 
-
     def table(self) -> str:
         why = f" ({self.stopped})" if self.stopped else ""
         head = (f"round for {self.user}/{self.pack}: {self.examples} training examples, {self.steps} steps{why}, "
@@ -271,7 +270,7 @@ class Learner:
     def _fallback(source: Any, store: AdapterStore, live: str | None) -> str:
         if live is not None or source is None or source[0].user == store.user:
             return ""
-        return f"{source[0].user}/{source[0].pack}/{source[1]}"
+        return source[0].label(source[1])
 
     @staticmethod
     def _gating(report: Callable[[trainer_mod.Progress], None], examples: int, loss: float) -> Callable[[int], None]:
